@@ -72,10 +72,7 @@ impl Guest for Health {
 }
 
 fn respond(response_out: ResponseOutparam, reply: Reply) {
-    let mut header_list = vec![(
-        "content-type".to_string(),
-        b"application/json".to_vec(),
-    )];
+    let mut header_list = vec![("content-type".to_string(), b"application/json".to_vec())];
     if reply.allow {
         header_list.push(("allow".to_string(), ALLOWED.as_bytes().to_vec()));
     }

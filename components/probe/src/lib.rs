@@ -34,6 +34,7 @@ impl Guest for Probe {
         };
         let request = target.request()?;
         let options = clock.request_options();
+        let describe = |code| describe(code, &target.authority);
         let pending = outgoing_handler::handle(request, Some(options)).map_err(describe)?;
         clock.wait_for(&pending.subscribe(), "waiting for the response")?;
         let response = match pending.get() {
@@ -62,9 +63,9 @@ struct Target {
 impl Target {
     fn parse(url: &str) -> Result<Self, ProbeError> {
         let invalid = |why: &str| ProbeError::InvalidTarget(format!("{url:?}: {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("expected an absolute URL such as http://api:3000/healthcheck"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            invalid("expected an absolute URL such as http://api:3000/healthcheck")
+        })?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
@@ -98,8 +99,11 @@ impl Target {
         ])
         .map_err(|e| ProbeError::Other(format!("building request headers: {e:?}")))?;
         let request = OutgoingRequest::new(headers);
-        let invalid = |what: &str| ProbeError::InvalidTarget(format!("the host refused the {what}"));
-        request.set_method(&Method::Get).map_err(|()| invalid("method"))?;
+        let invalid =
+            |what: &str| ProbeError::InvalidTarget(format!("the host refused the {what}"));
+        request
+            .set_method(&Method::Get)
+            .map_err(|()| invalid("method"))?;
         request
             .set_scheme(Some(&self.scheme))
             .map_err(|()| invalid("scheme"))?;
@@ -143,7 +147,9 @@ impl Deadline {
         if fired.contains(&0) {
             Ok(())
         } else {
-            Err(ProbeError::Timeout(format!("deadline passed while {doing}")))
+            Err(ProbeError::Timeout(format!(
+                "deadline passed while {doing}"
+            )))
         }
     }
 }
@@ -171,17 +177,26 @@ fn drain_body(response: IncomingResponse, clock: &Deadline) -> Result<(), ProbeE
     }
 }
 
-/// Sorts a `wasi:http` error code into the probe's error kinds.
-fn describe(code: ErrorCode) -> ProbeError {
-    let detail = format!("{code:?}");
+/// Sorts a `wasi:http` error code into the probe's error kinds; `authority`
+/// is the target's host and port, named in the message.
+fn describe(code: ErrorCode, authority: &str) -> ProbeError {
+    let detail = format!("{authority}: {code:?}");
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => host,
+        _ => authority,
+    };
     match code {
         ErrorCode::DnsError(payload) => ProbeError::Dns(match payload.rcode {
-            Some(rcode) => format!("name lookup failed: {rcode}"),
-            None => "name lookup failed".to_string(),
+            Some(rcode) => format!("cannot resolve host {host:?}: {rcode}"),
+            None => format!("cannot resolve host {host:?}"),
         }),
-        ErrorCode::DnsTimeout => ProbeError::Dns("name lookup timed out".into()),
-        ErrorCode::ConnectionRefused => ProbeError::ConnectionRefused("connection refused".into()),
-        ErrorCode::ConnectionTimeout => ProbeError::Timeout("timed out connecting".into()),
+        ErrorCode::DnsTimeout => ProbeError::Dns(format!("looking up host {host:?} timed out")),
+        ErrorCode::ConnectionRefused => {
+            ProbeError::ConnectionRefused(format!("connection to {authority} refused"))
+        }
+        ErrorCode::ConnectionTimeout => {
+            ProbeError::Timeout(format!("timed out connecting to {authority}"))
+        }
         ErrorCode::ConnectionReadTimeout | ErrorCode::HttpResponseTimeout => {
             ProbeError::Timeout("timed out waiting for the response".into())
         }

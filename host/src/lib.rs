@@ -1,0 +1,41 @@
+//! pulse runs WebAssembly components (WASI 0.2) on Wasmtime: it serves HTTP
+//! through a `wasi:http` handler and fires an HTTP probe on a cron schedule.
+//!
+//! The modules, one concern each:
+//! - [`cli`]: the command line and its `PULSE_*` environment variables.
+//! - [`app`]: what each subcommand does, validating every input before a
+//!   port is bound.
+//! - [`engine`]: the Wasmtime engine and linker, the per-store state, and
+//!   loading a component for a role with precise errors.
+//! - [`serve`]: the hyper server; one fresh store per request.
+//! - [`schedule`]: cron expressions (Kubernetes CronJob syntax) in an IANA
+//!   time zone: when to fire.
+//! - [`scheduler`]: the firing loop.
+//! - [`probe`]: running the probe component once and the JSON line printed
+//!   for each result.
+//! - [`shutdown`]: SIGTERM/SIGINT as a value tasks wait on.
+//! - [`logging`]: diagnostics on stderr, text or JSON.
+//!
+//! A request: [`serve::serve`] accepts a connection, hyper parses the
+//! request, [`serve::Handler::handle`] creates a store, instantiates the
+//! pre-linked handler and calls `wasi:http/incoming-handler.handle`; the
+//! response the guest sets goes back to the client.
+//!
+//! A probe: [`scheduler::run`] sleeps until [`schedule::Schedule`] says,
+//! [`probe::Prober::run`] instantiates the probe component on a fresh store
+//! and calls `check(target, deadline)`; the guest sends its request through
+//! `wasi:http/outgoing-handler` (resolved by the system resolver, so the
+//! pod's DNS search path applies) and the result is printed as one JSON line
+//! on stdout.
+
+pub mod app;
+pub mod cli;
+pub mod engine;
+pub mod logging;
+pub mod probe;
+pub mod schedule;
+pub mod scheduler;
+pub mod serve;
+pub mod shutdown;
+
+pub use app::run;

@@ -1,0 +1,276 @@
+//! Shared test support: start the real `pulse` binary, read what it logs,
+//! speak real HTTP to it, and stand up small local target servers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+/// How long any single wait in a test may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The `pulse` binary cargo built for these tests.
+pub fn pulse_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pulse"))
+}
+
+/// A built component, `health` or `probe`, from `target/components` (or
+/// `$PULSE_TEST_COMPONENTS`).
+pub fn component(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PULSE_TEST_COMPONENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/components"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the components first with `just build-components` (`just test` does it)",
+        path.display()
+    );
+    path
+}
+
+/// A running `pulse` process; killed when dropped.
+pub struct Pulse {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+impl Pulse {
+    /// Starts `pulse ARGS` with JSON diagnostics.
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_command(Command::new(pulse_bin()), args)
+    }
+
+    /// Starts `program` (which runs pulse, possibly through a wrapper such as
+    /// `ip netns exec`) with `args` appended.
+    pub fn spawn_command(mut command: Command, args: &[&str]) -> Self {
+        command
+            .args(args)
+            .env("PULSE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().expect("start pulse");
+        let stdout = collect_lines(child.stdout.take().unwrap());
+        let stderr = collect_lines(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Everything printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Waits for the "listening" log line and returns the bound address.
+    pub async fn listening_addr(&mut self) -> SocketAddr {
+        let line = self
+            .wait_for_stderr(|log| log["message"] == "listening")
+            .await;
+        line["address"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Waits for a JSON diagnostic line on stderr that `matches`.
+    pub async fn wait_for_stderr(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let found = self
+                .stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|log| matches(log));
+            if let Some(log) = found {
+                return log;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!(
+                    "pulse exited ({status}) before logging what the test waited for; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for a log line; stderr so far:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until stdout holds at least `count` probe lines, and returns
+    /// them parsed.
+    pub async fn probe_lines(&mut self, count: usize, patience: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let lines: Vec<Value> = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|line| {
+                    serde_json::from_str(line)
+                        .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
+                })
+                .collect();
+            if lines.len() >= count {
+                return lines;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {count} probe lines, got {}: {lines:?}\nstderr:\n{}",
+                lines.len(),
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM, as Kubernetes does, and waits for the exit.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().expect("pulse still running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("pulse did not exit after SIGTERM")
+            .unwrap()
+    }
+}
+
+/// What a finished `pulse` run printed and how it exited.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `pulse ARGS` to completion (text diagnostics, as a person sees them).
+pub async fn run_pulse(args: &[&str]) -> Finished {
+    let output = tokio::time::timeout(
+        PATIENCE,
+        Command::new(pulse_bin())
+            .args(args)
+            .env("PULSE_LOG_FORMAT", "text")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("pulse did not finish in time")
+    .expect("run pulse");
+    Finished {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// One HTTP/1.1 exchange with a real client connection.
+pub async fn http(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, HeaderMap, Bytes) {
+    let stream = TcpStream::connect(addr).await.expect("connect to pulse");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("response in time")
+        .expect("HTTP response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("read body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// A local HTTP server standing in for a probe target: answers every
+/// request with `status` and counts the requests.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+impl Target {
+    pub async fn start(status: StatusCode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_request| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let mut response =
+                                Response::new(Full::new(Bytes::from_static(b"{\"status\":\"x\"}")));
+                            *response.status_mut() = status;
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/healthcheck", self.addr)
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}

