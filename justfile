@@ -8,6 +8,12 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 host_target := "x86_64-unknown-linux-musl"
 host_bin := "target/" + host_target + "/release/pulse"
 components := "target/components"
+version := `sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1`
+image := "localhost/pulse:" + version
+
+# podman needs the runc runtime and explicit ulimits on these machines;
+# set CONTAINERS_CONF yourself to use other settings.
+export CONTAINERS_CONF := env_var_or_default("CONTAINERS_CONF", justfile_directory() / "ci/containers.conf")
 
 # List the recipes.
 default:
@@ -26,11 +32,12 @@ setup:
         exit 1
     fi
 
-# Build the health and probe components (release, wasm32-wasip2) into target/components/.
+# Build the health and probe components (release, wasm32-wasip2) into target/components/ and k8s/base/components/.
 build-components: setup
     cargo build --release --locked --target wasm32-wasip2 -p health -p probe
-    mkdir -p {{components}}
+    mkdir -p {{components}} k8s/base/components
     cp target/wasm32-wasip2/release/health.wasm target/wasm32-wasip2/release/probe.wasm {{components}}/
+    cp {{components}}/health.wasm {{components}}/probe.wasm k8s/base/components/
 
 # Build the components and the static host; the host is also copied to target/release/pulse.
 build: build-components
@@ -45,12 +52,30 @@ run *ARGS: build
         --run-at-start {{ARGS}}
 
 # Run every test: unit, integration (real binary, real components), manifests, and the end-to-end DNS and container tests.
-test: build k8s-check
-    cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
+test: build k8s-check image
+    PULSE_TEST_IMAGE={{image}} cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
 
-# Render the kustomizations and validate every object against the Kubernetes schemas.
+# Build the container image (FROM scratch: the static binary and the default components) with podman, or docker.
+image: build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    engine=$(command -v podman || command -v docker) || { echo "error: just image needs podman or docker" >&2; exit 1; }
+    context=target/image
+    rm -rf "$context" && mkdir -p "$context"
+    cp Containerfile {{host_bin}} {{components}}/health.wasm {{components}}/probe.wasm "$context"/
+    "$engine" build --quiet --file "$context/Containerfile" --tag {{image}} "$context" >/dev/null
+    size=$("$engine" image inspect {{image}} --format '{{{{.Size}}')
+    echo "built {{image}} with $(basename "$engine"): $((size / 1000)) kB"
+
+# Render the kustomizations and validate every object against the Kubernetes schemas and pulse's own policy.
 k8s-check: build-components
-    @echo "k8s-check: not yet implemented"
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=target/k8s && mkdir -p "$out"
+    kubectl kustomize k8s > "$out/base.yaml"
+    kubectl kustomize k8s/overlays/cronjob > "$out/cronjob.yaml"
+    kubernetes-validate --strict --quiet --kubernetes-version 1.37.0 "$out/base.yaml" "$out/cronjob.yaml"
+    python3 ci/k8s_policy.py "$out/base.yaml" "$out/cronjob.yaml"
 
 # Copy the vendored WASI WIT from the pinned wasmtime-wasi-http crate into wit/deps.
 vendor-wit:

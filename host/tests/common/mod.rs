@@ -184,9 +184,15 @@ pub struct Finished {
 
 /// Runs `pulse ARGS` to completion (text diagnostics, as a person sees them).
 pub async fn run_pulse(args: &[&str]) -> Finished {
+    run_in(Command::new(pulse_bin()), args).await
+}
+
+/// Runs `command ARGS` (pulse, possibly behind a wrapper such as `ip netns
+/// exec`) to completion.
+pub async fn run_in(mut command: Command, args: &[&str]) -> Finished {
     let output = tokio::time::timeout(
         PATIENCE,
-        Command::new(pulse_bin())
+        command
             .args(args)
             .env("PULSE_LOG_FORMAT", "text")
             .env_remove("RUST_LOG")
