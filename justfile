@@ -85,3 +85,7 @@ vendor-wit:
     src=$(dirname "$(cargo metadata --format-version 1 --locked | python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="wasmtime-wasi-http"))')")/wit/deps
     cp "$src"/*.wit wit/deps/
     echo "wit/deps now matches wasmtime-wasi-http $version"
+
+# Benchmark `pulse serve` under wrk on loopback (bounded in time) and report its memory and the one-shot probe time.
+bench duration="10s" connections="16": build
+    ci/bench.sh {{host_bin}} {{components}}/health.wasm {{components}}/probe.wasm {{duration}} {{connections}}

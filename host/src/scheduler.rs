@@ -25,6 +25,7 @@ pub async fn run(prober: &Prober, schedule: &Schedule, run_at_start: bool, shutd
         schedule = schedule.expression(),
         time_zone = %schedule.zone(),
         target = prober.target(),
+        first_firing = schedule.next_after(Utc::now()).map(|fire| rfc3339(&fire)),
         "scheduler started"
     );
     let stop = shutdown.wait();
