@@ -184,6 +184,24 @@ impl Cluster {
         panic!("dnsmasq did not start answering in the dns pod");
     }
 
+    /// `pulse serve` with the health component in the api pod, on :3000,
+    /// once it is listening.
+    async fn start_api(&self) -> Pulse {
+        let health = component("health");
+        let mut api = Pulse::spawn_command(
+            self.pulse_in("api"),
+            &[
+                "serve",
+                "--listen",
+                "0.0.0.0:3000",
+                "--handler",
+                health.to_str().unwrap(),
+            ],
+        );
+        api.listening_addr().await;
+        api
+    }
+
     /// `ip netns exec <pod> pulse`, ready for arguments.
     fn pulse_in(&self, pod: &str) -> tokio::process::Command {
         let mut command = tokio::process::Command::new("ip");
@@ -240,20 +258,9 @@ async fn probe_reaches_api_by_service_name_and_reports_when_it_stops() {
     let Some(cluster) = Cluster::create() else {
         return;
     };
-    let health = component("health");
     let probe = component("probe");
 
-    let mut api = Pulse::spawn_command(
-        cluster.pulse_in("api"),
-        &[
-            "serve",
-            "--listen",
-            "0.0.0.0:3000",
-            "--handler",
-            health.to_str().unwrap(),
-        ],
-    );
-    api.listening_addr().await;
+    let mut api = cluster.start_api().await;
 
     let mut scheduler = Pulse::spawn_command(
         cluster.pulse_in("probe"),
@@ -349,19 +356,9 @@ async fn one_shot_probe_succeeds_by_service_name() {
     let Some(cluster) = Cluster::create() else {
         return;
     };
-    let health = component("health");
     let probe = component("probe");
-    let mut api = Pulse::spawn_command(
-        cluster.pulse_in("api"),
-        &[
-            "serve",
-            "--listen",
-            "0.0.0.0:3000",
-            "--handler",
-            health.to_str().unwrap(),
-        ],
-    );
-    api.listening_addr().await;
+    // Kept alive (not `_`) until the end of the test.
+    let _api = cluster.start_api().await;
     let finished = run_in(
         cluster.pulse_in("probe"),
         &[

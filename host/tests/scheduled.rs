@@ -8,22 +8,27 @@ use common::{closed_port, component, http, Pulse, Target};
 use hyper::{Method, StatusCode};
 use std::time::Duration;
 
-#[tokio::test]
-async fn per_second_schedule_logs_a_probe_line_per_firing() {
-    let target = Target::start(StatusCode::OK).await;
+/// `pulse schedule` firing every second at `url`, plus `extra` flags.
+fn every_second(url: &str, extra: &[&str]) -> Pulse {
     let probe = component("probe");
-    let url = target.url();
-    let mut pulse = Pulse::spawn(&[
+    let mut args = vec![
         "schedule",
         "--probe",
         probe.to_str().unwrap(),
         "--target",
-        &url,
+        url,
         "--schedule",
         "* * * * * *",
-        "--time-zone",
-        "Europe/Paris",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    Pulse::spawn(&args)
+}
+
+#[tokio::test]
+async fn per_second_schedule_logs_a_probe_line_per_firing() {
+    let target = Target::start(StatusCode::OK).await;
+    let url = target.url();
+    let mut pulse = every_second(&url, &["--time-zone", "Europe/Paris"]);
     let lines = pulse.probe_lines(2, Duration::from_secs(20)).await;
     let mut planned = Vec::new();
     for line in &lines[..2] {
@@ -62,17 +67,7 @@ async fn per_second_schedule_logs_a_probe_line_per_firing() {
 #[tokio::test]
 async fn scheduler_keeps_firing_when_the_target_is_down() {
     let addr = closed_port().await;
-    let probe = component("probe");
-    let url = format!("http://{addr}/healthcheck");
-    let mut pulse = Pulse::spawn(&[
-        "schedule",
-        "--probe",
-        probe.to_str().unwrap(),
-        "--target",
-        &url,
-        "--schedule",
-        "* * * * * *",
-    ]);
+    let mut pulse = every_second(&format!("http://{addr}/healthcheck"), &[]);
     let lines = pulse.probe_lines(2, Duration::from_secs(20)).await;
     for line in &lines[..2] {
         assert_eq!(line["outcome"], "error");
