@@ -32,11 +32,11 @@ setup:
         exit 1
     fi
 
-# Build the health and probe components (release, wasm32-wasip2) into target/components/ and k8s/base/components/.
+# Build the components (release, wasm32-wasip2) into target/components/; health and probe also into k8s/base/components/.
 build-components: setup
-    cargo build --release --locked --target wasm32-wasip2 -p health -p probe
+    cargo build --release --locked --target wasm32-wasip2 -p health -p probe -p faulty
     mkdir -p {{components}} k8s/base/components
-    cp target/wasm32-wasip2/release/health.wasm target/wasm32-wasip2/release/probe.wasm {{components}}/
+    cp target/wasm32-wasip2/release/{health,probe,faulty}.wasm {{components}}/
     cp {{components}}/health.wasm {{components}}/probe.wasm k8s/base/components/
 
 # Build the components and the static host; the host is also copied to target/release/pulse.
