@@ -202,6 +202,31 @@ impl Cluster {
         api
     }
 
+    /// `pulse probe` once in the probe pod: its JSON line and how it ended.
+    async fn probe_once(&self, target: &str) -> (serde_json::Value, common::Finished) {
+        let probe = component("probe");
+        let finished = run_in(
+            self.pulse_in("probe"),
+            &[
+                "probe",
+                "--probe",
+                probe.to_str().unwrap(),
+                "--target",
+                target,
+                "--timeout",
+                "5s",
+            ],
+        )
+        .await;
+        let line = serde_json::from_str(finished.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "one JSON line expected ({e}): {}\nstderr: {}",
+                finished.stdout, finished.stderr
+            )
+        });
+        (line, finished)
+    }
+
     /// `ip netns exec <pod> pulse`, ready for arguments.
     fn pulse_in(&self, pod: &str) -> tokio::process::Command {
         let mut command = tokio::process::Command::new("ip");
@@ -318,27 +343,9 @@ async fn unknown_service_name_is_a_dns_error() {
     let Some(cluster) = Cluster::create() else {
         return;
     };
-    let probe = component("probe");
-    let finished = run_in(
-        cluster.pulse_in("probe"),
-        &[
-            "probe",
-            "--probe",
-            probe.to_str().unwrap(),
-            "--target",
-            "http://no-such-service:3000/healthcheck",
-            "--timeout",
-            "5s",
-        ],
-    )
-    .await;
-    let line: serde_json::Value =
-        serde_json::from_str(finished.stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "one JSON line expected ({e}): {}\nstderr: {}",
-                finished.stdout, finished.stderr
-            )
-        });
+    let (line, finished) = cluster
+        .probe_once("http://no-such-service:3000/healthcheck")
+        .await;
     assert_eq!(line["outcome"], "error", "{line}");
     assert_eq!(line["error"]["kind"], "dns", "{line}");
     assert!(
@@ -356,24 +363,9 @@ async fn one_shot_probe_succeeds_by_service_name() {
     let Some(cluster) = Cluster::create() else {
         return;
     };
-    let probe = component("probe");
     // Kept alive (not `_`) until the end of the test.
     let _api = cluster.start_api().await;
-    let finished = run_in(
-        cluster.pulse_in("probe"),
-        &[
-            "probe",
-            "--probe",
-            probe.to_str().unwrap(),
-            "--target",
-            "http://api:3000/healthcheck",
-            "--timeout",
-            "5s",
-        ],
-    )
-    .await;
-    let line: serde_json::Value =
-        serde_json::from_str(finished.stdout.trim()).expect("one JSON line");
+    let (line, finished) = cluster.probe_once("http://api:3000/healthcheck").await;
     assert_eq!(line["status"], 200, "{line}\n{}", finished.stderr);
     assert_eq!(
         finished.status.code(),
