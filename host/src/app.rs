@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::{Cli, Command, ProbeArgs, RunArgs, ScheduleArgs, ServeArgs, WhenArgs};
 use crate::engine::Runtime;
-use crate::probe::{Outcome, ProbeComponent, Prober};
+use crate::probe::{Outcome, ProbeComponent, Prober, Target};
 use crate::schedule::{parse_time_zone, Schedule};
 use crate::serve::{Handler, ServeOptions};
 use crate::shutdown::Shutdown;
@@ -43,9 +43,9 @@ async fn serve_command(runtime: Arc<Runtime>, args: ServeArgs) -> anyhow::Result
 
 async fn schedule_command(runtime: Arc<Runtime>, args: ScheduleArgs) -> anyhow::Result<ExitCode> {
     let schedule = parse_when(&args.when)?;
-    crate::probe::validate_target(&args.probe.target).map_err(anyhow::Error::msg)?;
+    let target = Target::parse(&args.probe.target).map_err(anyhow::Error::msg)?;
     let component = ProbeComponent::load(runtime.clone(), &args.probe.probe)?;
-    let prober = Prober::new(component, args.probe.target, args.probe.timeout)?;
+    let prober = Prober::new(component, target, args.probe.timeout);
     let shutdown = Shutdown::on_signals();
     runtime.start_epoch_ticker();
     scheduler::run(&prober, &schedule, args.when.run_at_start, shutdown).await;
@@ -53,9 +53,9 @@ async fn schedule_command(runtime: Arc<Runtime>, args: ScheduleArgs) -> anyhow::
 }
 
 async fn probe_command(runtime: Arc<Runtime>, args: ProbeArgs) -> anyhow::Result<ExitCode> {
-    crate::probe::validate_target(&args.target).map_err(anyhow::Error::msg)?;
+    let target = Target::parse(&args.target).map_err(anyhow::Error::msg)?;
     let component = ProbeComponent::load(runtime.clone(), &args.probe)?;
-    let prober = Prober::new(component, args.target, args.timeout)?;
+    let prober = Prober::new(component, target, args.timeout);
     runtime.start_epoch_ticker();
     let record = prober.run(None).await;
     record.emit();
@@ -68,17 +68,20 @@ async fn probe_command(runtime: Arc<Runtime>, args: ProbeArgs) -> anyhow::Result
 
 async fn run_command(runtime: Arc<Runtime>, args: RunArgs) -> anyhow::Result<ExitCode> {
     let schedule = parse_when(&args.when)?;
-    if let Some(target) = &args.target {
-        crate::probe::validate_target(target).map_err(anyhow::Error::msg)?;
-    }
+    let given_target = args
+        .target
+        .as_deref()
+        .map(Target::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let handler = load_handler(&runtime, &args.serve)?;
     let component = ProbeComponent::load(runtime.clone(), &args.probe)?;
     let listener = bind(args.serve.listen).await?;
-    let target = match args.target {
+    let target = match given_target {
         Some(target) => target,
-        None => own_health_url(listener.local_addr()?),
+        None => own_health_url(listener.local_addr()?)?,
     };
-    let prober = Prober::new(component, target, args.timeout)?;
+    let prober = Prober::new(component, target, args.timeout);
     let shutdown = Shutdown::on_signals();
     runtime.start_epoch_ticker();
     let serving = serve::serve(listener, handler, shutdown.clone().wait());
@@ -114,11 +117,12 @@ async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// The URL of this process's own health check, reachable from itself.
-fn own_health_url(bound: SocketAddr) -> String {
+fn own_health_url(bound: SocketAddr) -> anyhow::Result<Target> {
     let host = match bound.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}/healthcheck", SocketAddr::new(host, bound.port()))
+    let url = format!("http://{}/healthcheck", SocketAddr::new(host, bound.port()));
+    Target::parse(&url).map_err(anyhow::Error::msg)
 }

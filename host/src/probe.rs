@@ -65,7 +65,7 @@ impl ProbeComponent {
 /// A probe component aimed at one target with one deadline.
 pub struct Prober {
     component: ProbeComponent,
-    target: String,
+    target: Target,
     timeout: Duration,
 }
 
@@ -139,47 +139,53 @@ impl ProbeRecord {
     }
 }
 
-/// Checks that `target` is an absolute http(s) URL with a host, before any
-/// component runs.
-pub fn validate_target(target: &str) -> Result<(), String> {
-    let url = url::Url::parse(target).map_err(|e| {
-        format!("invalid --target {target:?}: {e}. Expected an absolute URL such as http://api:3000/healthcheck")
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "invalid --target {target:?}: scheme {:?} is not supported; use http or https",
-            url.scheme()
-        ));
+/// A probe target: an absolute http(s) URL with a host and no credentials,
+/// checked once, where it enters the program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target(String);
+
+impl Target {
+    /// Checks `target`; the error names it and says what is expected.
+    pub fn parse(target: &str) -> Result<Self, String> {
+        let url = url::Url::parse(target).map_err(|e| {
+            format!("invalid --target {target:?}: {e}. Expected an absolute URL such as http://api:3000/healthcheck")
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "invalid --target {target:?}: scheme {:?} is not supported; use http or https",
+                url.scheme()
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("invalid --target {target:?}: the URL has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "invalid --target {target:?}: credentials in the URL are not supported"
+            ));
+        }
+        Ok(Self(target.to_string()))
     }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("invalid --target {target:?}: the URL has no host"));
+
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "invalid --target {target:?}: credentials in the URL are not supported"
-        ));
-    }
-    Ok(())
 }
 
 impl Prober {
-    /// Aims `component` at `target`, which must be an absolute http(s) URL.
-    pub fn new(
-        component: ProbeComponent,
-        target: String,
-        timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        validate_target(&target).map_err(anyhow::Error::msg)?;
-        Ok(Self {
+    /// Aims `component` at `target`.
+    pub fn new(component: ProbeComponent, target: Target, timeout: Duration) -> Self {
+        Self {
             component,
             target,
             timeout,
-        })
+        }
     }
 
     /// The URL this prober checks.
     pub fn target(&self) -> &str {
-        &self.target
+        self.target.as_str()
     }
 
     /// Runs the probe once on a fresh instance. Never fails: every failure
@@ -224,7 +230,7 @@ impl Prober {
         ProbeRecord {
             time: rfc3339(&Utc::now()),
             event: "probe",
-            target: self.target.clone(),
+            target: self.target.as_str().to_string(),
             outcome,
             status,
             latency_ms: (latency_ms * 1000.0).round() / 1000.0,
@@ -239,7 +245,9 @@ impl Prober {
         let mut store = self.component.runtime.new_store();
         let probe = self.component.pre.instantiate_async(&mut store).await?;
         let deadline = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
-        let result = probe.call_check(&mut store, &self.target, deadline).await?;
+        let result = probe
+            .call_check(&mut store, self.target.as_str(), deadline)
+            .await?;
         Ok(result)
     }
 }

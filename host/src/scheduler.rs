@@ -51,11 +51,7 @@ pub async fn run(prober: &Prober, schedule: &Schedule, run_at_start: bool, shutd
         prober.run(Some(next)).await.emit();
         after = next.with_timezone(&Utc);
         let now = Utc::now();
-        let skipped = schedule
-            .upcoming(after, 1000)
-            .into_iter()
-            .take_while(|fire| fire.with_timezone(&Utc) <= now)
-            .count();
+        let skipped = count_due(schedule, after, now);
         if skipped > 0 {
             tracing::warn!(
                 skipped,
@@ -64,6 +60,21 @@ pub async fn run(prober: &Prober, schedule: &Schedule, run_at_start: bool, shutd
             after = now;
         }
     }
+}
+
+/// How many firings fall in (`after`, `now`]: computed one at a time, and
+/// only as far as `now`.
+fn count_due(schedule: &Schedule, after: DateTime<Utc>, now: DateTime<Utc>) -> usize {
+    let mut count = 0;
+    let mut cursor = after;
+    while let Some(fire) = schedule.next_after(cursor).map(|f| f.with_timezone(&Utc)) {
+        if fire > now {
+            break;
+        }
+        count += 1;
+        cursor = fire;
+    }
+    count
 }
 
 /// Sleeps until the wall clock reads `when` (returns at once if it has).
@@ -76,5 +87,47 @@ async fn sleep_until(when: DateTime<Utc>) {
             return;
         }
         tokio::time::sleep(left.min(SLEEP_SLICE)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap()
+    }
+
+    #[test]
+    fn count_due_counts_firings_after_the_last_one_up_to_now() {
+        let every_second = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
+        let fired = at("2026-05-01T10:00:00Z");
+        assert_eq!(
+            count_due(&every_second, fired, at("2026-05-01T10:00:00.500Z")),
+            0
+        );
+        assert_eq!(
+            count_due(&every_second, fired, at("2026-05-01T10:00:03Z")),
+            3
+        );
+        let daily = Schedule::parse("0 8 * * *", chrono_tz::UTC).unwrap();
+        assert_eq!(
+            count_due(
+                &daily,
+                at("2026-05-01T08:00:00Z"),
+                at("2026-05-01T08:00:11Z")
+            ),
+            0
+        );
+        assert_eq!(
+            count_due(
+                &daily,
+                at("2026-05-01T08:00:00Z"),
+                at("2026-05-03T09:00:00Z")
+            ),
+            2
+        );
     }
 }
