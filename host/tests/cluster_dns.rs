@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{component, pulse_bin, run_in, Pulse};
+use common::{component, pulse_bin, run_probe, Pulse};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -204,27 +204,7 @@ impl Cluster {
 
     /// `pulse probe` once in the probe pod: its JSON line and how it ended.
     async fn probe_once(&self, target: &str) -> (serde_json::Value, common::Finished) {
-        let probe = component("probe");
-        let finished = run_in(
-            self.pulse_in("probe"),
-            &[
-                "probe",
-                "--probe",
-                probe.to_str().unwrap(),
-                "--target",
-                target,
-                "--timeout",
-                "5s",
-            ],
-        )
-        .await;
-        let line = serde_json::from_str(finished.stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "one JSON line expected ({e}): {}\nstderr: {}",
-                finished.stdout, finished.stderr
-            )
-        });
-        (line, finished)
+        run_probe(self.pulse_in("probe"), &component("probe"), target, "5s").await
     }
 
     /// `ip netns exec <pod> pulse`, ready for arguments.

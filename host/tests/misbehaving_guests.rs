@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{component, http, run_pulse, Pulse};
+use common::{component, http, pulse_command, run_probe, Pulse};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
@@ -106,24 +106,7 @@ async fn request_without_host_is_a_400_not_a_crash() {
 }
 
 async fn probe_with_faulty(target: &str, timeout: &str) -> (Value, common::Finished) {
-    let faulty = component("faulty");
-    let finished = run_pulse(&[
-        "probe",
-        "--probe",
-        faulty.to_str().unwrap(),
-        "--target",
-        target,
-        "--timeout",
-        timeout,
-    ])
-    .await;
-    let line: Value = serde_json::from_str(finished.stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "one JSON line expected ({e}): {}\n{}",
-            finished.stdout, finished.stderr
-        )
-    });
-    (line, finished)
+    run_probe(pulse_command(), &component("faulty"), target, timeout).await
 }
 
 #[tokio::test]

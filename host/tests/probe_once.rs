@@ -2,30 +2,12 @@
 
 mod common;
 
-use common::{closed_port, component, run_pulse, Target};
+use common::{closed_port, component, pulse_command, run_probe, Target};
 use hyper::StatusCode;
 use serde_json::Value;
 
 async fn probe(target: &str) -> (Value, common::Finished) {
-    let probe = component("probe");
-    let finished = run_pulse(&[
-        "probe",
-        "--probe",
-        probe.to_str().unwrap(),
-        "--target",
-        target,
-        "--timeout",
-        "5s",
-    ])
-    .await;
-    let lines: Vec<&str> = finished.stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected one probe line on stdout, got {lines:?}\nstderr: {}",
-        finished.stderr
-    );
-    let line: Value = serde_json::from_str(lines[0]).expect("probe line is JSON");
+    let (line, finished) = run_probe(pulse_command(), &component("probe"), target, "5s").await;
     assert_eq!(line["event"], "probe");
     assert_eq!(line["target"], target);
     assert!(
@@ -91,19 +73,8 @@ async fn silent_target_times_out_at_the_deadline() {
             held.push(stream);
         }
     });
-    let probe = component("probe");
     let target = format!("http://{addr}/healthcheck");
-    let finished = run_pulse(&[
-        "probe",
-        "--probe",
-        probe.to_str().unwrap(),
-        "--target",
-        &target,
-        "--timeout",
-        "300ms",
-    ])
-    .await;
-    let line: Value = serde_json::from_str(finished.stdout.trim()).expect("one JSON line");
+    let (line, finished) = run_probe(pulse_command(), &component("probe"), &target, "300ms").await;
     assert_eq!(line["outcome"], "error");
     assert_eq!(line["error"]["kind"], "timeout", "{line}");
     assert_eq!(finished.status.code(), Some(1));

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -208,6 +208,49 @@ pub async fn run_in(mut command: Command, args: &[&str]) -> Finished {
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
+}
+
+/// Runs `pulse probe` once through `command` (pulse, possibly behind a
+/// wrapper such as `ip netns exec`) with the component at `probe`, and
+/// returns the one JSON line it must print on stdout, and how it ended.
+pub async fn run_probe(
+    command: Command,
+    probe: &Path,
+    target: &str,
+    timeout: &str,
+) -> (Value, Finished) {
+    let finished = run_in(
+        command,
+        &[
+            "probe",
+            "--probe",
+            probe.to_str().unwrap(),
+            "--target",
+            target,
+            "--timeout",
+            timeout,
+        ],
+    )
+    .await;
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one probe line on stdout, got {lines:?}\nstderr: {}",
+        finished.stderr
+    );
+    let line = serde_json::from_str(lines[0]).unwrap_or_else(|e| {
+        panic!(
+            "the probe line is not JSON ({e}): {}\nstderr: {}",
+            lines[0], finished.stderr
+        )
+    });
+    (line, finished)
+}
+
+/// `pulse`, ready for arguments.
+pub fn pulse_command() -> Command {
+    Command::new(pulse_bin())
 }
 
 /// One HTTP/1.1 exchange with a real client connection.
