@@ -29,6 +29,12 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
+    /// Most linear memory one component instance may use (e.g. 128Mi, 1Gi,
+    /// 64M); past it the guest's allocation fails.
+    #[arg(long, env = "PULSE_MAX_MEMORY", default_value = "128Mi", value_parser = parse_size,
+          global = true, value_name = "SIZE")]
+    pub max_memory: u64,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,7 +66,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PULSE_HANDLER", value_name = "FILE")]
     pub handler: PathBuf,
 
-    /// Most requests running in the handler at once; more wait for a slot.
+    /// Most requests running in the handler at once; past it the server
+    /// answers 503 with retry-after at once instead of queueing.
     #[arg(long, env = "PULSE_MAX_CONCURRENCY", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrency: u32,
@@ -69,6 +76,44 @@ pub struct ServeArgs {
     /// it the guest is stopped and the client gets 504.
     #[arg(long, env = "PULSE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+
+    /// Largest request body accepted (e.g. 1Mi); larger ones get 413.
+    #[arg(long, env = "PULSE_MAX_REQUEST_BODY", default_value = "1Mi", value_parser = parse_size,
+          value_name = "SIZE")]
+    pub max_request_body: u64,
+
+    /// A client must send its request headers within this time, or it is
+    /// disconnected.
+    #[arg(long, env = "PULSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// On SIGTERM/SIGINT, how long requests in flight may take to finish
+    /// before pulse exits anyway. Keep it below the pod's
+    /// terminationGracePeriodSeconds (30s by default).
+    #[arg(long, env = "PULSE_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Destinations the handler may send outgoing HTTP to, comma-separated
+    /// scheme://host:port (port * for any). Default: none.
+    #[arg(
+        long,
+        env = "PULSE_HANDLER_ALLOW_OUTBOUND",
+        value_delimiter = ',',
+        value_name = "DESTINATIONS"
+    )]
+    pub handler_allow_outbound: Vec<String>,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// Where the admin endpoints (/livez, /readyz, /metrics) listen.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Address and port of the admin endpoints, apart from the component's
+    /// port so that no component can shadow them.
+    #[arg(long, env = "PULSE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
 }
 
 /// Flags naming the probe component and what it checks.
@@ -82,10 +127,37 @@ pub struct ProbeArgs {
     #[arg(long, env = "PULSE_TARGET", default_value = DEFAULT_TARGET, value_name = "URL")]
     pub target: String,
 
-    /// Deadline for one probe, connection through last body byte (e.g. 10s,
-    /// 1500ms).
+    #[command(flatten)]
+    pub tuning: ProbeTuning,
+}
+
+/// How each probe run behaves.
+#[derive(Debug, Args)]
+pub struct ProbeTuning {
+    /// Deadline for one attempt, connection through last body byte (e.g.
+    /// 10s, 1500ms).
     #[arg(long, env = "PULSE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
+
+    /// Extra attempts after a transient failure (connection refused or
+    /// reset, timeout).
+    #[arg(long, env = "PULSE_RETRIES", default_value_t = 2)]
+    pub retries: u32,
+
+    /// Wait before the first retry; doubled before each further one.
+    #[arg(long, env = "PULSE_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// More destinations the probe may send HTTP to, comma-separated
+    /// scheme://host:port (port * for any). The target's own scheme, host
+    /// and port are always allowed.
+    #[arg(
+        long,
+        env = "PULSE_PROBE_ALLOW_OUTBOUND",
+        value_delimiter = ',',
+        value_name = "DESTINATIONS"
+    )]
+    pub allow_outbound: Vec<String>,
 }
 
 /// Flags that say when to fire.
@@ -122,6 +194,8 @@ pub struct ScheduleArgs {
     pub probe: ProbeArgs,
     #[command(flatten)]
     pub when: WhenArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Flags of `pulse run`.
@@ -138,9 +212,8 @@ pub struct RunArgs {
     #[arg(long, env = "PULSE_TARGET", value_name = "URL")]
     pub target: Option<String>,
 
-    /// Deadline for one probe, connection through last body byte.
-    #[arg(long, env = "PULSE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub tuning: ProbeTuning,
 
     #[command(flatten)]
     pub when: WhenArgs,
@@ -173,6 +246,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
+/// Parses a size: bytes, or with a unit Ki, Mi, Gi (powers of 1024) or
+/// k, M, G (powers of 1000), as Kubernetes writes them.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write e.g. 128Mi, 1Gi, 65536"))?;
+    let scale: u64 = match unit.trim() {
+        "" => 1,
+        "k" | "K" => 1000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use Ki, Mi, Gi, k, M or G"
+            ))
+        }
+    };
+    let bytes = value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err(format!("{text:?} must be larger than zero"));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +300,17 @@ mod tests {
         assert!(parse_duration("5 days")
             .unwrap_err()
             .contains("unknown unit"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128Mi"), Ok(128 << 20));
+        assert_eq!(parse_size("1Gi"), Ok(1 << 30));
+        assert_eq!(parse_size("64M"), Ok(64_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").unwrap_err().contains("larger than zero"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("5MB").unwrap_err().contains("unknown unit"));
     }
 
     #[test]

@@ -3,25 +3,46 @@
 //! component file for a role (HTTP handler or probe) with errors that say
 //! exactly what is wrong with the file.
 //!
-//! Every guest runs with epoch interruption: one process-wide ticker
-//! advances the epoch and a running guest yields to the async executor at
-//! each tick, so a busy guest never starves the others and a timeout can
-//! always cancel it.
+//! Every guest runs with epoch interruption: one process-wide ticker thread
+//! advances the epoch, a running guest yields to the async executor at each
+//! tick and is stopped at the first tick past its deadline, so a busy guest
+//! never starves the others or the host, and never outlives its deadline.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::guest_log::{GuestLog, Stream};
+use crate::outbound::{AllowList, HttpHooks};
 
 /// How often the epoch advances, and so how often a running guest yields.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// The most linear memory one instance may grow to.
-pub const MAX_MEMORY_BYTES: usize = 256 * 1024 * 1024;
+/// The default cap on one instance's linear memory.
+pub const DEFAULT_MAX_MEMORY: usize = 128 * 1024 * 1024;
+
+/// Limits every instance runs under.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestLimits {
+    /// Most bytes of linear memory one instance may grow to; past it,
+    /// `memory.grow` fails inside the guest.
+    pub max_memory: usize,
+}
+
+impl Default for GuestLimits {
+    fn default() -> Self {
+        Self {
+            max_memory: DEFAULT_MAX_MEMORY,
+        }
+    }
+}
 
 /// What a component is loaded for; decides which export it must have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,37 +134,44 @@ pub enum LoadError {
     },
 }
 
-/// The state every store carries: WASI, wasi:http, the resource table and
-/// the memory limit.
+/// The state every store carries: WASI, wasi:http with its outbound
+/// allow-list, the resource table, the memory limit and the deadline.
 pub struct HostState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: HttpHooks,
     table: ResourceTable,
     limits: StoreLimits,
+    deadline: Instant,
 }
 
-/// wasi:http's defaults, except that a failed connect is classified by what
-/// the OS said (the default calls every failure "connection refused" and
-/// logs a warning the probe line already carries).
-struct HttpHooks;
-
-impl WasiHttpHooks for HttpHooks {
-    fn p2_error_from_connect(&mut self, err: &std::io::Error) -> ErrorCode {
-        use std::io::ErrorKind;
-        tracing::debug!(error = %err, "outgoing connect failed");
-        match err.kind() {
-            ErrorKind::ConnectionRefused => ErrorCode::ConnectionRefused,
-            ErrorKind::TimedOut => ErrorCode::ConnectionTimeout,
-            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
-                ErrorCode::ConnectionTerminated
-            }
-            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
-                ErrorCode::DestinationUnavailable
-            }
-            _ => ErrorCode::InternalError(Some(err.to_string())),
-        }
+impl HostState {
+    /// The destination this store's guest was last denied, if any.
+    pub fn denied_destination(&self) -> Option<&str> {
+        self.hooks.denied.as_deref()
     }
+}
+
+/// The guest ran past its deadline and the host stopped it at an epoch tick.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest ran past its deadline and was stopped")]
+pub struct DeadlineExceeded;
+
+/// Whether `error` (from a guest call) is the host stopping the guest at its
+/// deadline.
+pub fn is_deadline(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<DeadlineExceeded>().is_some()
+}
+
+/// What one store is for: who runs in it, where it may send HTTP, and until
+/// when it may run.
+pub struct StoreSetup {
+    /// A short name for logs, e.g. `handler` or `probe`.
+    pub component: Arc<str>,
+    /// Where the guest may send outgoing HTTP.
+    pub outbound: Arc<AllowList>,
+    /// When the guest is stopped if it is still running.
+    pub deadline: Instant,
 }
 
 impl WasiView for HostState {
@@ -169,19 +197,25 @@ impl WasiHttpView for HostState {
 pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    limits: GuestLimits,
 }
 
 impl Runtime {
     /// Builds the engine (Cranelift, epoch interruption) and a linker with
-    /// all of WASI 0.2 and wasi:http.
-    pub fn new() -> anyhow::Result<Self> {
+    /// all of WASI 0.2 and wasi:http, and starts the epoch ticker.
+    pub fn new(limits: GuestLimits) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        Ok(Self { engine, linker })
+        start_epoch_ticker(&engine)?;
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+        })
     }
 
     /// The engine, for callers that create stores or tick the epoch.
@@ -234,45 +268,57 @@ impl Runtime {
             })
     }
 
-    /// A fresh store for one request or one firing: no preopened files, no
-    /// environment, the guest's stdout and stderr passed through, network
-    /// access for outgoing HTTP, and a yield at every epoch tick.
-    pub fn new_store(&self) -> Store<HostState> {
+    /// A fresh store for one request or one firing. The guest gets no
+    /// arguments, no environment, no files and no sockets; its stdout and
+    /// stderr go to the log; its outgoing HTTP goes only where
+    /// `setup.outbound` allows; it yields at every epoch tick and is stopped
+    /// at the first tick past `setup.deadline`.
+    pub fn new_store(&self, setup: StoreSetup) -> Store<HostState> {
         let wasi = WasiCtx::builder()
-            .inherit_stdout()
-            .inherit_stderr()
-            .inherit_network()
-            .allow_ip_name_lookup(true)
+            .stdout(GuestLog::new(setup.component.clone(), Stream::Stdout))
+            .stderr(GuestLog::new(setup.component.clone(), Stream::Stderr))
             .build();
         let state = HostState {
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: HttpHooks,
+            hooks: HttpHooks::new(setup.outbound, setup.component),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(MAX_MEMORY_BYTES)
+                .memory_size(self.limits.max_memory)
                 .build(),
+            deadline: setup.deadline,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        store
-    }
-
-    /// Advances the epoch every [`EPOCH_TICK`] for as long as the process
-    /// lives. One ticker serves every store; call this once.
-    pub fn start_epoch_ticker(&self) {
-        let engine = self.engine.clone();
-        tokio::spawn(async move {
-            let mut interval = tokio::time::interval(EPOCH_TICK);
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                interval.tick().await;
-                engine.increment_epoch();
+        store.epoch_deadline_callback(|context| {
+            if Instant::now() >= context.data().deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
             }
         });
+        store
     }
+}
+
+/// Advances the epoch every [`EPOCH_TICK`] on a thread of its own, for as
+/// long as the engine lives. A plain OS thread, not an async task: guests
+/// that never give their worker thread back cannot stop it, so they always
+/// reach their next yield point and their deadline.
+fn start_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("pulse-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .context("cannot start the epoch ticker thread")?;
+    Ok(())
 }
 
 enum HeaderKind {

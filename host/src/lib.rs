@@ -7,7 +7,12 @@
 //!   port is bound.
 //! - [`engine`]: the Wasmtime engine and linker, the per-store state, and
 //!   loading a component for a role with precise errors.
-//! - [`serve`]: the hyper server; one fresh store per request.
+//! - [`outbound`]: the outbound HTTP allow-list each component runs under.
+//! - [`guest_log`]: a component's stdout/stderr as tagged, bounded log lines.
+//! - [`serve`]: the hyper server; one fresh store per request, and the
+//!   answers for every way a request can fail.
+//! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own port.
+//! - [`metrics`]: the Prometheus metrics.
 //! - [`schedule`]: cron expressions (Kubernetes CronJob syntax) in an IANA
 //!   time zone: when to fire.
 //! - [`scheduler`]: the firing loop.
@@ -28,10 +33,14 @@
 //! pod's DNS search path applies) and the result is printed as one JSON line
 //! on stdout.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod engine;
+pub mod guest_log;
 pub mod logging;
+pub mod metrics;
+pub mod outbound;
 pub mod probe;
 pub mod schedule;
 pub mod scheduler;

@@ -1,10 +1,14 @@
-//! Running the probe component once and turning what it returns into the
-//! one JSON line the host prints per probe.
+//! Running the probe component and turning what it returns into the one
+//! JSON line the host prints per probe run.
 //!
-//! Each run gets a fresh store and instance. The host bounds the whole call
-//! by the deadline it passes to the component (plus a short grace for the
-//! guest to report its own timeout), so a hung or looping probe becomes an
-//! `error` line, never a stuck scheduler.
+//! Each attempt gets a fresh store and instance. The host bounds every
+//! attempt by the deadline it passes to the component (plus a short grace
+//! for the guest to report its own timeout), so a hung or looping probe
+//! becomes an `error` line, never a stuck scheduler. Transient failures
+//! (connection refused or reset, timeout) are retried with a doubling
+//! backoff, each attempt logged. The probe may send HTTP only to its
+//! target's scheme, host and port and to the destinations added with
+//! `--allow-outbound`; anything else is `denied`.
 
 use std::io::Write;
 use std::path::Path;
@@ -15,8 +19,11 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::engine::{HostState, LoadError, Role, Runtime};
+use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
+use crate::metrics::Metrics;
+use crate::outbound::{AllowList, AllowRule};
 use crate::schedule::rfc3339;
+use crate::shutdown::Shutdown;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -62,11 +69,29 @@ impl ProbeComponent {
     }
 }
 
-/// A probe component aimed at one target with one deadline.
+/// How each probe run behaves.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Deadline of one attempt.
+    pub timeout: Duration,
+    /// Extra attempts after a transient failure.
+    pub retries: u32,
+    /// Wait before the first retry, doubled before each further one.
+    pub retry_backoff: Duration,
+    /// Destinations allowed besides the target itself.
+    pub allow_outbound: Vec<AllowRule>,
+}
+
+/// A probe component aimed at one target, under a name for logs and
+/// metrics.
 pub struct Prober {
+    name: String,
     component: ProbeComponent,
     target: Target,
-    timeout: Duration,
+    options: ProbeOptions,
+    outbound: Arc<AllowList>,
+    metrics: Arc<Metrics>,
+    shutdown: Option<Shutdown>,
 }
 
 /// How a probe ended.
@@ -85,9 +110,9 @@ pub enum Outcome {
 /// The error half of a probe line: a stable kind and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProbeFailure {
-    /// One of `dns`, `connection_refused`, `timeout`, `invalid_target`,
-    /// `other` (reported by the component) or `component` (the component
-    /// trapped or broke its contract).
+    /// One of `dns`, `connection_refused`, `connection_reset`, `timeout`,
+    /// `invalid_target`, `denied`, `other` (reported by the component) or
+    /// `component` (the component trapped or broke its contract).
     pub kind: &'static str,
     /// What happened, for people.
     pub message: String,
@@ -100,6 +125,8 @@ pub struct ProbeRecord {
     pub time: String,
     /// Always `"probe"`, so the line is easy to select from other logs.
     pub event: &'static str,
+    /// The probe's name.
+    pub probe: String,
     /// The URL probed.
     pub target: String,
     /// `healthy`, `unhealthy` or `error`.
@@ -113,6 +140,9 @@ pub struct ProbeRecord {
     /// On error, its kind and message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ProbeFailure>,
+    /// How many attempts this run made (1 unless transient failures were
+    /// retried).
+    pub attempts: u32,
     /// For scheduled runs, the instant this run was planned for, in the
     /// schedule's time zone.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -142,7 +172,7 @@ impl ProbeRecord {
 /// A probe target: an absolute http(s) URL with a host and no credentials,
 /// checked once, where it enters the program.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target(String);
+pub struct Target(String, url::Url);
 
 impl Target {
     /// Checks `target`; the error names it and says what is expected.
@@ -164,7 +194,12 @@ impl Target {
                 "invalid --target {target:?}: credentials in the URL are not supported"
             ));
         }
-        Ok(Self(target.to_string()))
+        Ok(Self(target.to_string(), url))
+    }
+
+    /// The rule allowing exactly this target's scheme, host and port.
+    pub fn allow_rule(&self) -> AllowRule {
+        AllowRule::for_url(&self.1)
     }
 
     /// The URL as given.
@@ -173,14 +208,67 @@ impl Target {
     }
 }
 
-impl Prober {
-    /// Aims `component` at `target`.
-    pub fn new(component: ProbeComponent, target: Target, timeout: Duration) -> Self {
+/// What one attempt came to.
+struct Attempt {
+    outcome: Outcome,
+    status: Option<u16>,
+    latency_ms: f64,
+    error: Option<ProbeFailure>,
+}
+
+impl Attempt {
+    fn failed(waited_ms: f64, kind: &'static str, message: String) -> Self {
         Self {
+            outcome: Outcome::Error,
+            status: None,
+            latency_ms: waited_ms,
+            error: Some(ProbeFailure { kind, message }),
+        }
+    }
+
+    /// Worth another try: the target may come back in a moment.
+    fn is_transient(&self) -> bool {
+        self.error.as_ref().is_some_and(|e| {
+            matches!(
+                e.kind,
+                "connection_refused" | "connection_reset" | "timeout"
+            )
+        })
+    }
+}
+
+impl Prober {
+    /// Aims `component` at `target`, calling it `name` in lines and
+    /// metrics.
+    pub fn new(
+        name: &str,
+        component: ProbeComponent,
+        target: Target,
+        options: ProbeOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut rules = vec![target.allow_rule()];
+        rules.extend(options.allow_outbound.iter().cloned());
+        Self {
+            name: name.to_owned(),
             component,
             target,
-            timeout,
+            options,
+            outbound: Arc::new(AllowList::new(rules)),
+            metrics,
+            shutdown: None,
         }
+    }
+
+    /// Stops retrying once `shutdown` is asked for.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// The probe's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The URL this prober checks.
@@ -188,67 +276,136 @@ impl Prober {
         self.target.as_str()
     }
 
-    /// Runs the probe once on a fresh instance. Never fails: every failure
-    /// becomes an `error` record.
+    /// Publishes when this probe fires next.
+    pub fn record_next_run(&self, when: DateTime<Utc>) {
+        self.metrics
+            .probe_next_run(&self.name, when.timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// The deadline of one attempt.
+    pub fn timeout(&self) -> Duration {
+        self.options.timeout
+    }
+
+    /// Runs the probe (retrying transient failures), each attempt on a
+    /// fresh instance. Never fails: every failure becomes an `error` record.
     pub async fn run(&self, scheduled_for: Option<DateTime<Tz>>) -> ProbeRecord {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout + GRACE, self.call()).await;
+        let mut attempts = 1;
+        let mut backoff = self.options.retry_backoff;
+        let last = loop {
+            let attempt = self.attempt().await;
+            let stopping = self.shutdown.as_ref().is_some_and(Shutdown::is_requested);
+            if attempts > self.options.retries || !attempt.is_transient() || stopping {
+                break attempt;
+            }
+            if let Some(error) = &attempt.error {
+                tracing::warn!(
+                    probe = %self.name,
+                    target = self.target.as_str(),
+                    attempt = attempts,
+                    kind = error.kind,
+                    error = %error.message,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "probe attempt failed; retrying"
+                );
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.saturating_mul(2);
+            attempts += 1;
+        };
+        let now = Utc::now();
+        self.metrics.probe_run(
+            &self.name,
+            match last.outcome {
+                Outcome::Healthy => "healthy",
+                Outcome::Unhealthy => "unhealthy",
+                Outcome::Error => "error",
+            },
+            last.status,
+            started.elapsed(),
+            now.timestamp_millis() as f64 / 1000.0,
+        );
+        ProbeRecord {
+            time: rfc3339(&now),
+            event: "probe",
+            probe: self.name.clone(),
+            target: self.target.as_str().to_string(),
+            outcome: last.outcome,
+            status: last.status,
+            latency_ms: (last.latency_ms * 1000.0).round() / 1000.0,
+            error: last.error,
+            attempts,
+            scheduled_for: scheduled_for.as_ref().map(rfc3339),
+        }
+    }
+
+    async fn attempt(&self) -> Attempt {
+        let started = Instant::now();
+        let limit = self.options.timeout + GRACE;
+        let mut store = self.component.runtime.new_store(StoreSetup {
+            component: Arc::from(self.name.as_str()),
+            outbound: self.outbound.clone(),
+            deadline: started + limit,
+        });
+        let result = tokio::time::timeout(limit, self.call(&mut store)).await;
         let waited_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (outcome, status, latency_ms, error) = match result {
-            Ok(Ok(Ok(report))) => {
-                let outcome = if (200..300).contains(&report.status) {
+        let timed_out = || {
+            Attempt::failed(
+                waited_ms,
+                "timeout",
+                format!(
+                    "the probe component did not return within its {} ms deadline; the host stopped it",
+                    self.options.timeout.as_millis()
+                ),
+            )
+        };
+        if let Some(destination) = store.data().denied_destination() {
+            return Attempt::failed(
+                waited_ms,
+                "denied",
+                format!("the probe tried to reach {destination}, which is not allowed: it may reach its target and the destinations given with --allow-outbound (PULSE_PROBE_ALLOW_OUTBOUND)"),
+            );
+        }
+        match result {
+            Ok(Ok(Ok(report))) => Attempt {
+                outcome: if (200..300).contains(&report.status) {
                     Outcome::Healthy
                 } else {
                     Outcome::Unhealthy
-                };
-                let latency_ms = report.latency as f64 / 1_000_000.0;
-                (outcome, Some(report.status), latency_ms, None)
+                },
+                status: Some(report.status),
+                latency_ms: report.latency as f64 / 1_000_000.0,
+                error: None,
+            },
+            Ok(Ok(Err(probe_error))) => {
+                let failure = failure(probe_error);
+                Attempt::failed(waited_ms, failure.kind, failure.message)
             }
-            Ok(Ok(Err(probe_error))) => (Outcome::Error, None, waited_ms, Some(failure(probe_error))),
-            Ok(Err(trap)) => (
-                Outcome::Error,
-                None,
+            Ok(Err(trap)) if is_deadline(&trap) => timed_out(),
+            Ok(Err(trap)) => Attempt::failed(
                 waited_ms,
-                Some(ProbeFailure {
-                    kind: "component",
-                    message: format!("the probe component failed: {trap:#}"),
-                }),
+                "component",
+                format!(
+                    "the probe component failed: {:#}",
+                    anyhow::Error::from(trap)
+                ),
             ),
-            Err(_elapsed) => (
-                Outcome::Error,
-                None,
-                waited_ms,
-                Some(ProbeFailure {
-                    kind: "timeout",
-                    message: format!(
-                        "the probe component did not return within its {} ms deadline; the host stopped it",
-                        self.timeout.as_millis()
-                    ),
-                }),
-            ),
-        };
-        ProbeRecord {
-            time: rfc3339(&Utc::now()),
-            event: "probe",
-            target: self.target.as_str().to_string(),
-            outcome,
-            status,
-            latency_ms: (latency_ms * 1000.0).round() / 1000.0,
-            error,
-            scheduled_for: scheduled_for.as_ref().map(rfc3339),
+            Err(_elapsed) => timed_out(),
         }
     }
 
     async fn call(
         &self,
-    ) -> anyhow::Result<Result<bindings::pulse::probe::types::Report, ProbeError>> {
-        let mut store = self.component.runtime.new_store();
-        let probe = self.component.pre.instantiate_async(&mut store).await?;
-        let deadline = u64::try_from(self.timeout.as_nanos()).unwrap_or(u64::MAX);
-        let result = probe
-            .call_check(&mut store, self.target.as_str(), deadline)
-            .await?;
-        Ok(result)
+        store: &mut wasmtime::Store<HostState>,
+    ) -> wasmtime::Result<Result<bindings::pulse::probe::types::Report, ProbeError>> {
+        let started = Instant::now();
+        let probe = self.component.pre.instantiate_async(&mut *store).await?;
+        self.metrics.instantiation("probe", started.elapsed());
+        let deadline = u64::try_from(self.options.timeout.as_nanos()).unwrap_or(u64::MAX);
+        probe
+            .call_check(&mut *store, self.target.as_str(), deadline)
+            .await
     }
 }
 
@@ -256,6 +413,8 @@ fn failure(error: ProbeError) -> ProbeFailure {
     let (kind, message) = match error {
         ProbeError::Dns(m) => ("dns", m),
         ProbeError::ConnectionRefused(m) => ("connection_refused", m),
+        ProbeError::ConnectionReset(m) => ("connection_reset", m),
+        ProbeError::Denied(m) => ("denied", m),
         ProbeError::Timeout(m) => ("timeout", m),
         ProbeError::InvalidTarget(m) => ("invalid_target", m),
         ProbeError::Other(m) => ("other", m),

@@ -22,6 +22,7 @@ const SLEEP_SLICE: Duration = Duration::from_secs(30);
 /// probes once right away (without `scheduled_for`).
 pub async fn run(prober: &Prober, schedule: &Schedule, run_at_start: bool, shutdown: Shutdown) {
     tracing::info!(
+        probe = prober.name(),
         schedule = schedule.expression(),
         time_zone = %schedule.zone(),
         target = prober.target(),
@@ -44,6 +45,7 @@ pub async fn run(prober: &Prober, schedule: &Schedule, run_at_start: bool, shutd
             return;
         };
         tracing::debug!(next = rfc3339(&next), "next probe");
+        prober.record_next_run(next.with_timezone(&Utc));
         tokio::select! {
             () = sleep_until(next.with_timezone(&Utc)) => {}
             () = &mut stop => return,

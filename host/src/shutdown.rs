@@ -1,5 +1,6 @@
 //! The shutdown signal: SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C),
-//! turned into a value every long-running task can wait on.
+//! turned into a value every long-running task can wait on. The first
+//! signal asks for a graceful shutdown; a second one exits at once.
 
 use tokio::sync::watch;
 
@@ -8,15 +9,30 @@ use tokio::sync::watch;
 pub struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
-    /// A signal fired by SIGTERM or SIGINT. Must be called inside a tokio
+    /// A signal fired by SIGTERM or SIGINT. A second signal exits the
+    /// process at once with 128 + its number. Must be called inside a tokio
     /// runtime.
     pub fn on_signals() -> Self {
         let (fire, shutdown) = Self::manual();
         tokio::spawn(async move {
             wait_for_signal().await;
             fire();
+            let code = match wait_for_signal().await {
+                Signal::Interrupt => 130,
+                Signal::Terminate => 143,
+            };
+            tracing::warn!(
+                exit_code = code,
+                "second signal: exiting now, without waiting for work in flight"
+            );
+            std::process::exit(code);
         });
         shutdown
+    }
+
+    /// Whether shutdown has been asked for.
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
     }
 
     /// A signal fired by calling the returned function: for tests and for
@@ -37,7 +53,12 @@ impl Shutdown {
     }
 }
 
-async fn wait_for_signal() {
+enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+async fn wait_for_signal() -> Signal {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(stream) => Some(stream),
@@ -56,12 +77,18 @@ async fn wait_for_signal() {
     };
     tokio::select! {
         result = tokio::signal::ctrl_c() => match result {
-            Ok(()) => tracing::info!("received SIGINT, shutting down"),
+            Ok(()) => {
+                tracing::info!("received SIGINT, shutting down");
+                Signal::Interrupt
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGINT");
-                std::future::pending::<()>().await;
+                std::future::pending::<Signal>().await
             }
         },
-        () = sigterm => tracing::info!("received SIGTERM, shutting down"),
+        () = sigterm => {
+            tracing::info!("received SIGTERM, shutting down");
+            Signal::Terminate
+        }
     }
 }

@@ -281,6 +281,8 @@ async fn probe_reaches_api_by_service_name_and_reports_when_it_stops() {
             "UTC",
             "--timeout",
             "2s",
+            "--retries",
+            "0",
         ],
     );
     let first = scheduler.probe_lines(1, Duration::from_secs(30)).await;

@@ -65,14 +65,28 @@ async fn per_second_schedule_logs_a_probe_line_per_firing() {
 }
 
 #[tokio::test]
-async fn scheduler_keeps_firing_when_the_target_is_down() {
+async fn scheduler_retries_and_keeps_firing_when_the_target_is_down() {
     let addr = closed_port().await;
-    let mut pulse = every_second(&format!("http://{addr}/healthcheck"), &[]);
+    let mut pulse = every_second(
+        &format!("http://{addr}/healthcheck"),
+        &["--retries", "1", "--retry-backoff", "100ms"],
+    );
     let lines = pulse.probe_lines(2, Duration::from_secs(20)).await;
     for line in &lines[..2] {
         assert_eq!(line["outcome"], "error");
         assert_eq!(line["error"]["kind"], "connection_refused");
+        assert_eq!(
+            line["attempts"], 2,
+            "one retry after a refused connection: {line}"
+        );
+        assert_eq!(line["probe"], "probe");
     }
+    let retry = pulse
+        .wait_for_stderr(|l| l["message"] == "probe attempt failed; retrying")
+        .await;
+    assert_eq!(retry["attempt"], 1);
+    assert_eq!(retry["kind"], "connection_refused");
+    assert_eq!(retry["retry_in_ms"], 100);
 }
 
 #[tokio::test]

@@ -2,10 +2,21 @@
 //! handler and a pulse probe, and misbehaves on request, so the tests can
 //! show that pulse answers, records and keeps running whatever a guest does.
 //!
-//! As a handler, by path: `/trap` panics, `/spin` loops forever, `/silent`
-//! returns without setting a response; anything else answers 200.
+//! As a handler, by path:
+//! - `/trap` panics; `/spin` loops forever; `/silent` returns without
+//!   setting a response;
+//! - `/grow` allocates memory without end;
+//! - `/sleep?ms=N` waits N milliseconds, then answers 200;
+//! - `/stream` answers 200 and streams a body that never ends;
+//! - `/body` reads the whole request body and answers with its length;
+//! - `/fetch?url=U` sends `GET U` and answers 200 with its status, or 502
+//!   with the error code;
+//! - `/print` writes lines to stdout and stderr, one of them 100 KB long;
+//! - anything else answers 200 `{"status":"ok"}`.
+//!
 //! As a probe, by target: a URL containing `trap` panics, `spin` loops
-//! forever; anything else reports status 299.
+//! forever, `to=U` (in the query) sends its request to U instead of the
+//! target; anything else reports status 299 without any request.
 
 wit_bindgen::generate!({
     inline: r#"
@@ -21,8 +32,10 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::http::incoming_handler::Guest as Handler;
+use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    ErrorCode, Fields, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
 };
 
 struct Faulty;
@@ -34,18 +47,116 @@ fn spin() -> ! {
     }
 }
 
+/// Allocates and touches 1 MiB after 1 MiB until the allocator fails.
+fn grow() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hoard.push(vec![0xA5; 1 << 20]);
+        std::hint::black_box(&hoard);
+    }
+}
+
+fn query_value<'a>(path: &'a str, key: &str) -> Option<&'a str> {
+    let query = path.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let response = OutgoingResponse::new(Fields::new());
+    response.set_status_code(status).expect("valid status");
+    let outgoing = response.body().expect("first call");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = outgoing.write().expect("first call");
+    for chunk in body.chunks(4096) {
+        stream.blocking_write_and_flush(chunk).expect("write body");
+    }
+    drop(stream);
+    OutgoingBody::finish(outgoing, None).expect("finish body");
+}
+
+fn sleep_ms(ms: u64) {
+    wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+}
+
+fn stream_forever(out: ResponseOutparam) {
+    let response = OutgoingResponse::new(Fields::new());
+    let outgoing = response.body().expect("first call");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = outgoing.write().expect("first call");
+    let chunk = vec![b'x'; 64 * 1024];
+    // Ends when the client goes away (the write fails) or the host stops us.
+    while stream.blocking_write_and_flush(&chunk).is_ok() {}
+}
+
+fn read_body_len(request: IncomingRequest) -> Result<u64, String> {
+    let body = request.consume().map_err(|()| "body taken".to_string())?;
+    let stream = body.stream().map_err(|()| "stream taken".to_string())?;
+    let mut total = 0u64;
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(bytes) => total += bytes.len() as u64,
+            Err(wasi::io::streams::StreamError::Closed) => return Ok(total),
+            Err(e) => return Err(format!("{e:?}")),
+        }
+    }
+}
+
+/// Sends `GET url` and returns the status code or the error code.
+fn fetch(url: &str) -> Result<u16, ErrorCode> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some((_, rest)) => (Scheme::Http, rest),
+        None => (Scheme::Http, url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_method(&Method::Get).expect("GET");
+    request.set_scheme(Some(&scheme)).expect("scheme");
+    request.set_authority(Some(authority)).expect("authority");
+    request.set_path_with_query(Some(path)).expect("path");
+    let pending = outgoing_handler::handle(request, None)?;
+    pending.subscribe().block();
+    let response = pending.get().expect("ready").expect("first get")?;
+    Ok(response.status())
+}
+
 impl Handler for Faulty {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        match request.path_with_query().unwrap_or_default().as_str() {
+        let path = request.path_with_query().unwrap_or_default();
+        let route = path.split('?').next().unwrap_or_default();
+        match route {
             "/trap" => panic!("faulty handler trapped on purpose"),
             "/spin" => spin(),
+            "/grow" => grow(),
             "/silent" => {}
-            _ => {
-                let response = OutgoingResponse::new(Fields::new());
-                let body = response.body().expect("first call");
-                ResponseOutparam::set(response_out, Ok(response));
-                OutgoingBody::finish(body, None).expect("empty body");
+            "/sleep" => {
+                let ms = query_value(&path, "ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                sleep_ms(ms);
+                respond(response_out, 200, format!("slept {ms} ms\n").as_bytes());
             }
+            "/stream" => stream_forever(response_out),
+            "/body" => match read_body_len(request) {
+                Ok(len) => respond(response_out, 200, format!("{len}\n").as_bytes()),
+                Err(e) => panic!("cannot read the request body: {e}"),
+            },
+            "/fetch" => match fetch(query_value(&path, "url").unwrap_or("")) {
+                Ok(status) => respond(response_out, 200, format!("{status}\n").as_bytes()),
+                Err(code) => respond(response_out, 502, format!("{code:?}\n").as_bytes()),
+            },
+            "/print" => {
+                println!("hello from stdout");
+                eprintln!("hello from stderr");
+                println!("{}", "y".repeat(100_000));
+                respond(response_out, 200, b"printed\n");
+            }
+            _ => respond(response_out, 200, b"{\"status\":\"ok\"}\n"),
         }
     }
 }
@@ -57,6 +168,15 @@ impl Guest for Faulty {
         }
         if target.contains("spin") {
             spin();
+        }
+        if let Some(elsewhere) = query_value(&target, "to") {
+            return match fetch(elsewhere) {
+                Ok(status) => Ok(Report { status, latency: 0 }),
+                Err(ErrorCode::HttpRequestDenied) => {
+                    Err(ProbeError::Denied(format!("request to {elsewhere} denied")))
+                }
+                Err(code) => Err(ProbeError::Other(format!("{code:?}"))),
+            };
         }
         Ok(Report {
             status: 299,

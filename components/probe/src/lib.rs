@@ -203,6 +203,12 @@ fn describe(code: ErrorCode, authority: &str) -> ProbeError {
         ErrorCode::ConnectionWriteTimeout => {
             ProbeError::Timeout("timed out sending the request".into())
         }
+        ErrorCode::ConnectionTerminated | ErrorCode::HttpResponseIncomplete => {
+            ProbeError::ConnectionReset(format!("connection to {authority} was reset"))
+        }
+        ErrorCode::HttpRequestDenied => {
+            ProbeError::Denied(format!("the host does not allow requests to {authority}"))
+        }
         ErrorCode::HttpRequestUriInvalid => {
             ProbeError::InvalidTarget("the host rejected the target URL".into())
         }

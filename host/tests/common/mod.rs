@@ -75,6 +75,7 @@ impl Pulse {
             .args(args)
             .env("PULSE_LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            .env("PULSE_ADMIN_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -100,6 +101,41 @@ impl Pulse {
             .wait_for_stderr(|log| log["message"] == "listening")
             .await;
         line["address"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// Waits for the admin endpoints' log line and returns their address.
+    pub async fn admin_addr(&mut self) -> SocketAddr {
+        let line = self
+            .wait_for_stderr(|log| log["message"] == "admin endpoints listening")
+            .await;
+        line["address"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("pulse still running")
+    }
+
+    /// Sends `signal` (e.g. "TERM", "INT") to the process.
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, at most `patience`.
+    pub async fn wait_exit(&mut self, patience: Duration) -> ExitStatus {
+        tokio::time::timeout(patience, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "pulse did not exit within {patience:?}; stderr:\n{}",
+                    self.stderr()
+                )
+            })
+            .unwrap()
     }
 
     /// Waits for a JSON diagnostic line on stderr that `matches`.
@@ -195,6 +231,7 @@ pub async fn run_in(mut command: Command, args: &[&str]) -> Finished {
         command
             .args(args)
             .env("PULSE_LOG_FORMAT", "text")
+            .env("PULSE_ADMIN_LISTEN", "127.0.0.1:0")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .kill_on_drop(true)
@@ -229,6 +266,8 @@ pub async fn run_probe(
             target,
             "--timeout",
             timeout,
+            "--retries",
+            "0",
         ],
     )
     .await;

@@ -1,0 +1,222 @@
+//! Prometheus metrics, served on the admin port at `/metrics` in the
+//! OpenMetrics text format by the `prometheus-client` library. Every name
+//! starts with `pulse_` and carries its unit, as Prometheus advises.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    probe: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeOutcomeLabels {
+    probe: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    role: String,
+    outcome: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    // 100 µs to about 26 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 19))
+}
+
+/// All of pulse's metrics and the registry that encodes them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<StatusLabels, Counter>,
+    request_duration: Histogram,
+    instantiation: Family<RoleLabels, Histogram, fn() -> Histogram>,
+    probe_runs: Family<ProbeOutcomeLabels, Counter>,
+    probe_last_status: Family<ProbeLabels, Gauge>,
+    probe_last_success: Family<ProbeLabels, FloatGauge>,
+    probe_next_run: Family<ProbeLabels, FloatGauge>,
+    probe_duration: Family<ProbeLabels, Histogram, fn() -> Histogram>,
+    reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every pulse metric, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "pulse_http_requests",
+            "HTTP requests answered, by status code",
+            requests.clone(),
+        );
+        let request_duration = latency_histogram();
+        registry.register(
+            "pulse_http_request_duration_seconds",
+            "Time from receiving a request to its response headers",
+            request_duration.clone(),
+        );
+        let instantiation =
+            Family::<RoleLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "pulse_instantiation_duration_seconds",
+            "Time to instantiate a component, by role",
+            instantiation.clone(),
+        );
+        let probe_runs = Family::<ProbeOutcomeLabels, Counter>::default();
+        registry.register(
+            "pulse_probe_runs",
+            "Probe runs, by probe and outcome (healthy, unhealthy, error)",
+            probe_runs.clone(),
+        );
+        let probe_last_status = Family::<ProbeLabels, Gauge>::default();
+        registry.register(
+            "pulse_probe_last_status_code",
+            "HTTP status of the last probe run that got a response",
+            probe_last_status.clone(),
+        );
+        let probe_last_success = Family::<ProbeLabels, FloatGauge>::default();
+        registry.register(
+            "pulse_probe_last_success_timestamp_seconds",
+            "Unix time of the last healthy probe run",
+            probe_last_success.clone(),
+        );
+        let probe_next_run = Family::<ProbeLabels, FloatGauge>::default();
+        registry.register(
+            "pulse_probe_next_run_timestamp_seconds",
+            "Unix time of the next scheduled probe run",
+            probe_next_run.clone(),
+        );
+        let probe_duration =
+            Family::<ProbeLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "pulse_probe_duration_seconds",
+            "Duration of probe runs, all attempts included",
+            probe_duration.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "pulse_component_reloads",
+            "Component reloads, by role and outcome (loaded, rejected)",
+            reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            instantiation,
+            probe_runs,
+            probe_last_status,
+            probe_last_success,
+            probe_next_run,
+            probe_duration,
+            reloads,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&StatusLabels {
+                status: status.to_string(),
+            })
+            .inc();
+        self.request_duration.observe(took.as_secs_f64());
+    }
+
+    /// Records how long instantiating a `role` component took.
+    pub fn instantiation(&self, role: &str, took: Duration) {
+        self.instantiation
+            .get_or_create(&RoleLabels { role: role.into() })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records one finished probe run.
+    pub fn probe_run(
+        &self,
+        probe: &str,
+        outcome: &str,
+        status: Option<u16>,
+        took: Duration,
+        unix_now: f64,
+    ) {
+        self.probe_runs
+            .get_or_create(&ProbeOutcomeLabels {
+                probe: probe.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        let labels = ProbeLabels {
+            probe: probe.into(),
+        };
+        if let Some(status) = status {
+            self.probe_last_status
+                .get_or_create(&labels)
+                .set(i64::from(status));
+        }
+        if outcome == "healthy" {
+            self.probe_last_success.get_or_create(&labels).set(unix_now);
+        }
+        self.probe_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records when `probe` fires next (Unix seconds).
+    pub fn probe_next_run(&self, probe: &str, unix_time: f64) {
+        self.probe_next_run
+            .get_or_create(&ProbeLabels {
+                probe: probe.into(),
+            })
+            .set(unix_time);
+    }
+
+    /// Counts one reload of a `role` component.
+    pub fn reload(&self, role: &str, outcome: &str) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                role: role.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        text
+    }
+}
