@@ -168,6 +168,8 @@ pub fn is_deadline(error: &wasmtime::Error) -> bool {
 pub struct StoreSetup {
     /// A short name for logs, e.g. `handler` or `probe`.
     pub component: Arc<str>,
+    /// The request the store serves, if any, for logs.
+    pub request_id: Option<Arc<str>>,
     /// Where the guest may send outgoing HTTP.
     pub outbound: Arc<AllowList>,
     /// When the guest is stopped if it is still running.
@@ -275,8 +277,16 @@ impl Runtime {
     /// at the first tick past `setup.deadline`.
     pub fn new_store(&self, setup: StoreSetup) -> Store<HostState> {
         let wasi = WasiCtx::builder()
-            .stdout(GuestLog::new(setup.component.clone(), Stream::Stdout))
-            .stderr(GuestLog::new(setup.component.clone(), Stream::Stderr))
+            .stdout(GuestLog::new(
+                setup.component.clone(),
+                setup.request_id.clone(),
+                Stream::Stdout,
+            ))
+            .stderr(GuestLog::new(
+                setup.component.clone(),
+                setup.request_id,
+                Stream::Stderr,
+            ))
             .build();
         let state = HostState {
             wasi,

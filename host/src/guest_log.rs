@@ -36,13 +36,18 @@ impl Stream {
 #[derive(Clone)]
 pub struct GuestLog {
     component: Arc<str>,
+    request_id: Option<Arc<str>>,
     stream: Stream,
 }
 
 impl GuestLog {
-    /// The `stream` of `component`.
-    pub fn new(component: Arc<str>, stream: Stream) -> Self {
-        Self { component, stream }
+    /// The `stream` of `component`, serving the request `request_id` if any.
+    pub fn new(component: Arc<str>, request_id: Option<Arc<str>>, stream: Stream) -> Self {
+        Self {
+            component,
+            request_id,
+            stream,
+        }
     }
 }
 
@@ -93,17 +98,16 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
         let (component, stream) = (&*self.log.component, self.log.stream.name());
-        if self.dropped > 0 {
-            tracing::info!(
-                component,
-                stream,
-                line = text,
-                truncated_bytes = self.dropped,
-                "guest output"
-            );
-        } else {
-            tracing::info!(component, stream, line = text, "guest output");
-        }
+        let request_id = self.log.request_id.as_deref();
+        let truncated_bytes = (self.dropped > 0).then_some(self.dropped);
+        tracing::info!(
+            component,
+            request_id,
+            stream,
+            line = text,
+            truncated_bytes,
+            "guest output"
+        );
         self.line.clear();
         self.dropped = 0;
     }
@@ -142,7 +146,7 @@ mod tests {
 
     fn writer() -> LineWriter {
         LineWriter {
-            log: GuestLog::new("test".into(), Stream::Stdout),
+            log: GuestLog::new("test".into(), None, Stream::Stdout),
             line: Vec::new(),
             dropped: 0,
         }

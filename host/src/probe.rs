@@ -345,6 +345,7 @@ impl Prober {
         let limit = self.options.timeout + GRACE;
         let mut store = self.component.runtime.new_store(StoreSetup {
             component: Arc::from(self.name.as_str()),
+            request_id: None,
             outbound: self.outbound.clone(),
             deadline: started + limit,
         });

@@ -180,7 +180,7 @@ impl Handler {
             limit,
             over_limit: over_limit.clone(),
         });
-        match self.call_guest(request).await {
+        match self.call_guest(request, id).await {
             Ok(response) => response,
             Err(_) if over_limit.load(Ordering::SeqCst) => {
                 tracing::info!(request_id = id, %method, %path, max_request_body = limit, "request body too large; answered 413");
@@ -215,10 +215,12 @@ impl Handler {
     async fn call_guest(
         &self,
         request: Request<LimitedBody>,
+        id: &str,
     ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
         let timeout = self.options.request_timeout;
         let mut store = self.runtime.new_store(StoreSetup {
             component: self.component.clone(),
+            request_id: Some(Arc::from(id)),
             outbound: self.options.outbound.clone(),
             deadline: Instant::now() + timeout,
         });

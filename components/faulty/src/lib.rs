@@ -85,7 +85,7 @@ fn stream_forever(out: ResponseOutparam) {
     let outgoing = response.body().expect("first call");
     ResponseOutparam::set(out, Ok(response));
     let stream = outgoing.write().expect("first call");
-    let chunk = vec![b'x'; 64 * 1024];
+    let chunk = vec![b'x'; 4096];
     // Ends when the client goes away (the write fails) or the host stops us.
     while stream.blocking_write_and_flush(&chunk).is_ok() {}
 }

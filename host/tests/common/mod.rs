@@ -314,6 +314,37 @@ pub async fn http(addr: SocketAddr, method: Method, path: &str) -> (StatusCode, 
     (parts.status, parts.headers, body)
 }
 
+/// One HTTP/1.1 exchange sending `request` as it is (add the host header
+/// yourself).
+pub async fn send(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let stream = TcpStream::connect(addr).await.expect("connect to pulse");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(connection);
+    let response = tokio::time::timeout(PATIENCE, sender.send_request(request))
+        .await
+        .expect("response in time")
+        .expect("HTTP response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("read body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// The peak resident memory of process `pid`, in bytes (VmHWM).
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status");
+    kb * 1024
+}
+
 /// A local HTTP server standing in for a probe target: answers every
 /// request with `status` and counts the requests.
 pub struct Target {
