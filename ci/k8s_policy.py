@@ -96,9 +96,16 @@ def check_api(objects, where):
         c = pod["spec"]["containers"][0]
         check(c["args"][0] == "serve", f"{where}: api must run `pulse serve`")
         check(any(p["containerPort"] == 3000 and p.get("name") == "http" for p in c.get("ports", [])), f"{where}: api container port 3000 named http")
-        for probe in ("readinessProbe", "livenessProbe"):
-            http = c.get(probe, {}).get("httpGet", {})
-            check(http.get("path") == "/healthcheck" and http.get("port") == "http", f"{where}: api {probe} must GET /healthcheck on http")
+        admin_probes_ok(c, where, "api")
+
+
+def admin_probes_ok(container, where, name):
+    """Kubernetes' probes must use pulse's admin port, which no component can shadow."""
+    check(any(p["containerPort"] == 9090 and p.get("name") == "admin" for p in container.get("ports", [])),
+          f"{where}: {name} container must expose the admin port 9090 named admin")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+        http = container.get(probe, {}).get("httpGet", {})
+        check(http.get("path") == path and http.get("port") == "admin", f"{where}: {name} {probe} must GET {path} on admin")
 
 
 def probe_args_ok(args, where, scheduled):
@@ -120,6 +127,7 @@ def main(base_path, cron_path):
         check_pod(pod, "base Deployment probe", configmaps_of(base), "probe")
         args = pod["containers"][0]["args"]
         check(args[0] == "schedule", "base: probe must run `pulse schedule`")
+        admin_probes_ok(pod["containers"][0], "base Deployment probe", "probe")
         probe_args_ok(args, "base", scheduled=True)
 
     cron = load(cron_path)
