@@ -1,206 +1,255 @@
-//! What each subcommand does, start to finish: validate every input (files,
-//! components, schedule, zone, target, destinations) before binding a port,
-//! then run until SIGTERM or SIGINT.
+//! What each subcommand does, start to finish: merge flags, environment
+//! and config file into checked settings ([`crate::config`]), load every
+//! component, then bind the ports, then run until SIGTERM or SIGINT.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::ArgMatches;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Readiness};
-use crate::cli::{
-    AdminArgs, Cli, Command, ProbeTuning, RunArgs, ScheduleArgs, ServeArgs, WhenArgs,
-};
+use crate::cli::{Cli, Command, NextArgs};
+use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
 use crate::engine::{GuestLimits, Runtime};
 use crate::metrics::Metrics;
-use crate::outbound::{AllowList, AllowRule};
-use crate::probe::{Outcome, ProbeComponent, ProbeOptions, Prober, Target};
-use crate::schedule::{parse_time_zone, Schedule};
-use crate::serve::{Handler, ServeOptions};
+use crate::probe::{Outcome, ProbeComponent, Prober, Target};
+use crate::schedule::{parse_time_zone, rfc3339, Schedule};
+use crate::serve::Handler;
 use crate::shutdown::Shutdown;
-use crate::{scheduler, serve};
+use crate::{clock, scheduler, serve};
 
-/// Exit code of `pulse probe` when the target did not answer 2xx.
+/// Exit code of `pulse probe` when a target did not answer 2xx.
 pub const EXIT_UNHEALTHY: u8 = 1;
 
 /// The name of the single probe the command-line flags describe.
 pub const DEFAULT_PROBE_NAME: &str = "probe";
 
-/// Runs the command `cli` names. Errors are for bad input and failures to
-/// start; the caller prints them and exits 2.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Runs the command `cli` names (`matches` tells which flags were given
+/// explicitly). Errors are for bad input and failures to start; the caller
+/// prints them and exits 2.
+pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
+    clock::init_from_env()?;
+    let sub = matches
+        .subcommand()
+        .map(|(_, sub)| sub.clone())
+        .unwrap_or_default();
+    let (file, source) = match &cli.config {
+        Some(path) => (ConfigFile::load(path)?, path.display().to_string()),
+        None => (ConfigFile::default(), String::new()),
+    };
+    if let Command::Next(args) = &cli.command {
+        return next_command(args);
+    }
+    let max_memory = config::max_memory(&sub, cli.max_memory, &file, &source)?;
     let limits = GuestLimits {
-        max_memory: usize::try_from(cli.max_memory).unwrap_or(usize::MAX),
+        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
     };
     let runtime = Arc::new(Runtime::new(limits).context("cannot set up the WebAssembly engine")?);
     let metrics = Arc::new(Metrics::new());
+    let start = Start {
+        runtime,
+        metrics,
+        file,
+        source,
+        sub,
+    };
     match cli.command {
-        Command::Serve(args) => serve_command(runtime, metrics, args).await,
-        Command::Schedule(args) => schedule_command(runtime, metrics, args).await,
-        Command::Probe(args) => probe_command(runtime, metrics, args).await,
-        Command::Run(args) => run_command(runtime, metrics, args).await,
+        Command::Serve(args) => {
+            let settings = config::handler(&start.sub, &args, &start.file, &start.source)?;
+            let handler = start.load_handler(&settings)?;
+            let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
+            let shutdown = Shutdown::on_signals();
+            start.admin(args.admin.admin_listen, &shutdown).await?;
+            serve::serve(listener, handler, shutdown.wait()).await?;
+        }
+        Command::Schedule(args) => {
+            let flags = ProbeFlags {
+                component: args.probe.probe.as_ref(),
+                target: Some(&args.probe.target),
+                tuning: &args.probe.tuning,
+                when: Some(&args.when),
+            };
+            let settings = config::probes(&start.sub, &flags, &start.file, &start.source)?;
+            let components = start.load_probe_components(&settings)?;
+            let probers = start.aim(settings, components, None)?;
+            let shutdown = Shutdown::on_signals();
+            start.admin(args.admin.admin_listen, &shutdown).await?;
+            schedule_all(probers, shutdown).await;
+        }
+        Command::Probe(args) => {
+            let flags = ProbeFlags {
+                component: args.probe.as_ref(),
+                target: Some(&args.target),
+                tuning: &args.tuning,
+                when: None,
+            };
+            let settings = config::probes(&start.sub, &flags, &start.file, &start.source)?;
+            let components = start.load_probe_components(&settings)?;
+            let probers = start.aim(settings, components, None)?;
+            let mut healthy = true;
+            for (prober, _) in probers {
+                let record = prober.run(None).await;
+                record.emit();
+                healthy &= record.outcome == Outcome::Healthy;
+            }
+            return Ok(if healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_UNHEALTHY)
+            });
+        }
+        Command::Run(args) => {
+            let handler_settings =
+                config::handler(&start.sub, &args.serve, &start.file, &start.source)?;
+            let flags = ProbeFlags {
+                component: args.probe.as_ref(),
+                target: args.target.as_deref(),
+                tuning: &args.tuning,
+                when: Some(&args.when),
+            };
+            let probe_settings = config::probes(&start.sub, &flags, &start.file, &start.source)?;
+            let handler = start.load_handler(&handler_settings)?;
+            let components = start.load_probe_components(&probe_settings)?;
+            let listener = bind(handler_settings.listen, "--listen", "PULSE_LISTEN").await?;
+            let own = own_health_url(listener.local_addr()?)?;
+            let probers = start.aim(probe_settings, components, Some(own))?;
+            let shutdown = Shutdown::on_signals();
+            start
+                .admin(args.serve.admin.admin_listen, &shutdown)
+                .await?;
+            let serving = serve::serve(listener, handler, shutdown.clone().wait());
+            let scheduling = schedule_all(probers, shutdown);
+            let (served, ()) = tokio::join!(serving, scheduling);
+            served?;
+        }
+        Command::Next(_) => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every long-running command starts from.
+struct Start {
+    runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
+    file: ConfigFile,
+    source: String,
+    sub: ArgMatches,
+}
+
+impl Start {
+    fn load_handler(&self, settings: &HandlerSettings) -> anyhow::Result<Arc<Handler>> {
+        Ok(Arc::new(Handler::new(
+            self.runtime.clone(),
+            &settings.component,
+            settings.options.clone(),
+            self.metrics.clone(),
+        )?))
+    }
+
+    /// Loads each probe's component (once per file); nothing is bound yet.
+    fn load_probe_components(
+        &self,
+        settings: &[ProbeSettings],
+    ) -> anyhow::Result<Vec<ProbeComponent>> {
+        let mut loaded: Vec<(&std::path::Path, ProbeComponent)> = Vec::new();
+        settings
+            .iter()
+            .map(|settings| {
+                if let Some((_, component)) =
+                    loaded.iter().find(|(path, _)| *path == settings.component)
+                {
+                    return Ok(component.clone());
+                }
+                let component = ProbeComponent::load(self.runtime.clone(), &settings.component)?;
+                loaded.push((&settings.component, component.clone()));
+                Ok(component)
+            })
+            .collect()
+    }
+
+    /// Aims each loaded probe at its target; a probe without one gets
+    /// `default_target`, or the `api` Service.
+    fn aim(
+        &self,
+        settings: Vec<ProbeSettings>,
+        components: Vec<ProbeComponent>,
+        default_target: Option<Target>,
+    ) -> anyhow::Result<Vec<(Prober, ProbeSettings)>> {
+        settings
+            .into_iter()
+            .zip(components)
+            .map(|(settings, component)| {
+                let target = match (&settings.target, &default_target) {
+                    (Some(target), _) | (None, Some(target)) => target.clone(),
+                    (None, None) => {
+                        Target::parse(crate::cli::DEFAULT_TARGET).map_err(anyhow::Error::msg)?
+                    }
+                };
+                let prober = Prober::new(
+                    &settings.name,
+                    component,
+                    target,
+                    settings.options.clone(),
+                    self.metrics.clone(),
+                );
+                Ok((prober, settings))
+            })
+            .collect()
+    }
+
+    /// Binds the admin port (the file's address unless the flag is
+    /// explicit) and serves /livez, /readyz and /metrics on it.
+    async fn admin(&self, flag: SocketAddr, shutdown: &Shutdown) -> anyhow::Result<()> {
+        let address = config::admin_listen(&self.sub, flag, &self.file);
+        let listener = bind(address, "--admin-listen", "PULSE_ADMIN_LISTEN").await?;
+        let readiness = Readiness::new(shutdown.clone());
+        readiness.set_loaded();
+        admin::spawn(listener, readiness, self.metrics.clone());
+        Ok(())
     }
 }
 
-async fn serve_command(
-    runtime: Arc<Runtime>,
-    metrics: Arc<Metrics>,
-    args: ServeArgs,
-) -> anyhow::Result<ExitCode> {
-    let handler = load_handler(&runtime, &metrics, &args)?;
-    let listener = bind(args.listen, "--listen", "PULSE_LISTEN").await?;
-    let shutdown = Shutdown::on_signals();
-    start_admin(&args.admin, shutdown.clone(), metrics).await?;
-    serve::serve(listener, handler, shutdown.wait()).await?;
+/// Runs one scheduler per probe until shutdown.
+async fn schedule_all(probers: Vec<(Prober, ProbeSettings)>, shutdown: Shutdown) {
+    let schedulers = probers.into_iter().map(|(prober, settings)| {
+        let prober = Arc::new(prober.with_shutdown(shutdown.clone()));
+        scheduler::run(prober, settings.schedule, settings.policy, shutdown.clone())
+    });
+    futures_join_all(schedulers).await;
+}
+
+/// Awaits every future (few, so a JoinSet-free loop of spawned tasks).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for future in futures {
+        set.spawn(future);
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// `pulse next`: the next firings, local and UTC, one per line.
+fn next_command(args: &NextArgs) -> anyhow::Result<ExitCode> {
+    let zone = parse_time_zone(&args.time_zone)?;
+    let schedule = Schedule::parse(&args.schedule, zone)?;
+    let upcoming = schedule.upcoming(clock::now(), args.count as usize);
+    if upcoming.is_empty() {
+        println!("{} in {} never fires", args.schedule, args.time_zone);
+    }
+    for fire in upcoming {
+        println!(
+            "{}  {}  ({} UTC)",
+            fire.format("%a %Y-%m-%d %H:%M:%S %Z"),
+            rfc3339(&fire),
+            fire.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%S")
+        );
+    }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn schedule_command(
-    runtime: Arc<Runtime>,
-    metrics: Arc<Metrics>,
-    args: ScheduleArgs,
-) -> anyhow::Result<ExitCode> {
-    let schedule = parse_when(&args.when)?;
-    let target = Target::parse(&args.probe.target).map_err(anyhow::Error::msg)?;
-    let prober = load_prober(
-        &runtime,
-        &metrics,
-        &args.probe.probe,
-        target,
-        &args.probe.tuning,
-    )?;
-    let shutdown = Shutdown::on_signals();
-    start_admin(&args.admin, shutdown.clone(), metrics).await?;
-    let prober = prober.with_shutdown(shutdown.clone());
-    scheduler::run(&prober, &schedule, args.when.run_at_start, shutdown).await;
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn probe_command(
-    runtime: Arc<Runtime>,
-    metrics: Arc<Metrics>,
-    args: crate::cli::ProbeArgs,
-) -> anyhow::Result<ExitCode> {
-    let target = Target::parse(&args.target).map_err(anyhow::Error::msg)?;
-    let prober = load_prober(&runtime, &metrics, &args.probe, target, &args.tuning)?;
-    let record = prober.run(None).await;
-    record.emit();
-    Ok(if record.outcome == Outcome::Healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_UNHEALTHY)
-    })
-}
-
-async fn run_command(
-    runtime: Arc<Runtime>,
-    metrics: Arc<Metrics>,
-    args: RunArgs,
-) -> anyhow::Result<ExitCode> {
-    let schedule = parse_when(&args.when)?;
-    let given_target = args
-        .target
-        .as_deref()
-        .map(Target::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let handler = load_handler(&runtime, &metrics, &args.serve)?;
-    let component = ProbeComponent::load(runtime.clone(), &args.probe)?;
-    let options = probe_options(&args.tuning)?;
-    let listener = bind(args.serve.listen, "--listen", "PULSE_LISTEN").await?;
-    let target = match given_target {
-        Some(target) => target,
-        None => own_health_url(listener.local_addr()?)?,
-    };
-    let shutdown = Shutdown::on_signals();
-    start_admin(&args.serve.admin, shutdown.clone(), metrics.clone()).await?;
-    let prober = Prober::new(DEFAULT_PROBE_NAME, component, target, options, metrics)
-        .with_shutdown(shutdown.clone());
-    let serving = serve::serve(listener, handler, shutdown.clone().wait());
-    let scheduling = scheduler::run(&prober, &schedule, args.when.run_at_start, shutdown);
-    let (served, ()) = tokio::join!(serving, scheduling);
-    served?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn load_handler(
-    runtime: &Arc<Runtime>,
-    metrics: &Arc<Metrics>,
-    args: &ServeArgs,
-) -> anyhow::Result<Arc<Handler>> {
-    let options = ServeOptions {
-        max_concurrency: args.max_concurrency as usize,
-        request_timeout: args.request_timeout,
-        max_request_body: args.max_request_body,
-        header_timeout: args.header_timeout,
-        shutdown_grace: args.shutdown_grace,
-        outbound: Arc::new(AllowList::new(parse_destinations(
-            &args.handler_allow_outbound,
-            "--handler-allow-outbound",
-        )?)),
-    };
-    Ok(Arc::new(Handler::new(
-        runtime.clone(),
-        &args.handler,
-        options,
-        metrics.clone(),
-    )?))
-}
-
-fn load_prober(
-    runtime: &Arc<Runtime>,
-    metrics: &Arc<Metrics>,
-    path: &std::path::Path,
-    target: Target,
-    tuning: &ProbeTuning,
-) -> anyhow::Result<Prober> {
-    let options = probe_options(tuning)?;
-    let component = ProbeComponent::load(runtime.clone(), path)?;
-    Ok(Prober::new(
-        DEFAULT_PROBE_NAME,
-        component,
-        target,
-        options,
-        metrics.clone(),
-    ))
-}
-
-fn probe_options(tuning: &ProbeTuning) -> anyhow::Result<ProbeOptions> {
-    Ok(ProbeOptions {
-        timeout: tuning.timeout,
-        retries: tuning.retries,
-        retry_backoff: tuning.retry_backoff,
-        allow_outbound: parse_destinations(&tuning.allow_outbound, "--allow-outbound")?,
-    })
-}
-
-fn parse_destinations(texts: &[String], flag: &str) -> anyhow::Result<Vec<AllowRule>> {
-    texts
-        .iter()
-        .map(|text| text.trim())
-        .filter(|text| !text.is_empty())
-        .map(|text| AllowRule::parse(text).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
-        .collect()
-}
-
-fn parse_when(when: &WhenArgs) -> anyhow::Result<Schedule> {
-    let zone = parse_time_zone(&when.time_zone)?;
-    Ok(Schedule::parse(&when.schedule, zone)?)
-}
-
-/// Binds the admin port and serves /livez, /readyz and /metrics on it.
-async fn start_admin(
-    args: &AdminArgs,
-    shutdown: Shutdown,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let listener = bind(args.admin_listen, "--admin-listen", "PULSE_ADMIN_LISTEN").await?;
-    let readiness = Readiness::new(shutdown);
-    readiness.set_loaded();
-    admin::spawn(listener, readiness, metrics);
-    Ok(())
 }
 
 async fn bind(address: SocketAddr, flag: &str, env: &str) -> anyhow::Result<TcpListener> {

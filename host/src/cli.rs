@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::logging::LogFormat;
+use crate::scheduler::ConcurrencyPolicy;
 
 /// The default probe target: the `api` Service, found through the pod's DNS
 /// search path.
@@ -35,6 +36,11 @@ pub struct Cli {
           global = true, value_name = "SIZE")]
     pub max_memory: u64,
 
+    /// A pulse.toml with the handler, its limits and any number of named
+    /// probes. Flags and environment variables given explicitly override it.
+    #[arg(long, env = "PULSE_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,6 +59,35 @@ pub enum Command {
     /// Serve and schedule in one process, for local use. The probe targets
     /// this server unless --target says otherwise.
     Run(RunArgs),
+    /// Print the next firing instants of a schedule, in its time zone and in
+    /// UTC, to check an expression before deploying it.
+    Next(NextArgs),
+}
+
+/// Flags of `pulse next`.
+#[derive(Debug, Args)]
+pub struct NextArgs {
+    /// Cron expression, as for `pulse schedule`.
+    #[arg(
+        long,
+        env = "PULSE_SCHEDULE",
+        default_value = "0 8 * * *",
+        value_name = "EXPR"
+    )]
+    pub schedule: String,
+
+    /// IANA time zone the schedule is read in.
+    #[arg(
+        long,
+        env = "PULSE_TIME_ZONE",
+        default_value = "UTC",
+        value_name = "TZ"
+    )]
+    pub time_zone: String,
+
+    /// How many firings to print.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
 }
 
 /// Flags of `pulse serve`.
@@ -62,9 +97,10 @@ pub struct ServeArgs {
     #[arg(long, env = "PULSE_LISTEN", default_value = "0.0.0.0:3000")]
     pub listen: SocketAddr,
 
-    /// The wasi:http handler component (.wasm) that answers requests.
+    /// The wasi:http handler component (.wasm) that answers requests
+    /// (required unless the config file names one).
     #[arg(long, env = "PULSE_HANDLER", value_name = "FILE")]
-    pub handler: PathBuf,
+    pub handler: Option<PathBuf>,
 
     /// Most requests running in the handler at once; past it the server
     /// answers 503 with retry-after at once instead of queueing.
@@ -119,9 +155,10 @@ pub struct AdminArgs {
 /// Flags naming the probe component and what it checks.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The probe component (.wasm), built for the pulse:probe/probe world.
+    /// The probe component (.wasm), built for the pulse:probe/probe world
+    /// (required unless the config file defines probes).
     #[arg(long, env = "PULSE_PROBE", value_name = "FILE")]
-    pub probe: PathBuf,
+    pub probe: Option<PathBuf>,
 
     /// The URL to probe.
     #[arg(long, env = "PULSE_TARGET", default_value = DEFAULT_TARGET, value_name = "URL")]
@@ -185,6 +222,41 @@ pub struct WhenArgs {
     /// Also probe once at start, before the first scheduled firing.
     #[arg(long, env = "PULSE_RUN_AT_START")]
     pub run_at_start: bool,
+
+    /// What to do when a firing falls due while the previous run is still
+    /// going (CronJob's concurrencyPolicy).
+    #[arg(
+        long,
+        env = "PULSE_CONCURRENCY_POLICY",
+        value_enum,
+        default_value = "forbid",
+        ignore_case = true
+    )]
+    pub concurrency_policy: ConcurrencyPolicy,
+
+    /// A firing that cannot start within this many seconds of its time is
+    /// missed, not run late (CronJob's startingDeadlineSeconds). Default:
+    /// no deadline; the latest missed firing runs late, once.
+    #[arg(long, env = "PULSE_STARTING_DEADLINE_SECONDS", value_name = "SECONDS")]
+    pub starting_deadline_seconds: Option<u64>,
+
+    /// Hold back every firing (CronJob's suspend).
+    #[arg(long, env = "PULSE_SUSPEND")]
+    pub suspend: bool,
+}
+
+impl WhenArgs {
+    /// The values the flags default to, for commands without them.
+    pub fn defaults() -> Self {
+        Self {
+            schedule: "0 8 * * *".into(),
+            time_zone: "UTC".into(),
+            run_at_start: false,
+            concurrency_policy: ConcurrencyPolicy::Forbid,
+            starting_deadline_seconds: None,
+            suspend: false,
+        }
+    }
 }
 
 /// Flags of `pulse schedule`.
@@ -204,9 +276,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
 
-    /// The probe component (.wasm), built for the pulse:probe/probe world.
+    /// The probe component (.wasm), built for the pulse:probe/probe world
+    /// (required unless the config file defines probes).
     #[arg(long, env = "PULSE_PROBE", value_name = "FILE")]
-    pub probe: PathBuf,
+    pub probe: Option<PathBuf>,
 
     /// The URL to probe [default: this server's /healthcheck].
     #[arg(long, env = "PULSE_TARGET", value_name = "URL")]

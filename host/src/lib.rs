@@ -3,8 +3,11 @@
 //!
 //! The modules, one concern each:
 //! - [`cli`]: the command line and its `PULSE_*` environment variables.
+//! - [`config`]: flags, environment and `pulse.toml` merged into checked
+//!   settings.
 //! - [`app`]: what each subcommand does, validating every input before a
 //!   port is bound.
+//! - [`clock`]: the wall clock schedules are planned by.
 //! - [`engine`]: the Wasmtime engine and linker, the per-store state, and
 //!   loading a component for a role with precise errors.
 //! - [`outbound`]: the outbound HTTP allow-list each component runs under.
@@ -36,6 +39,8 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod engine;
 pub mod guest_log;
 pub mod logging;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// Exit code for bad input or a failure to start.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -11,7 +11,11 @@ const EXIT_BAD_INPUT: u8 = 2;
 const EVENT_INTERVAL: u32 = 4;
 
 fn main() -> ExitCode {
-    let cli = pulse::cli::Cli::parse();
+    let matches = pulse::cli::Cli::command().get_matches();
+    let cli = match pulse::cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     pulse::logging::init(cli.log_format);
     // A worker that runs guests checks for I/O and timers every few task
     // polls rather than tokio's default 61: a guest yields at every epoch
@@ -28,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    match runtime.block_on(pulse::run(cli)) {
+    match runtime.block_on(pulse::run(cli, matches)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");

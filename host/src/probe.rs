@@ -314,7 +314,7 @@ impl Prober {
             backoff = backoff.saturating_mul(2);
             attempts += 1;
         };
-        let now = Utc::now();
+        let now = crate::clock::now();
         self.metrics.probe_run(
             &self.name,
             match last.outcome {

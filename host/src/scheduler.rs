@@ -1,88 +1,273 @@
-//! The firing loop: sleep until the schedule's next instant by the wall
-//! clock, run the probe, print its line, repeat.
+//! The firing loop, with Kubernetes CronJob semantics under the same names:
 //!
-//! Runs never overlap (CronJob's `concurrencyPolicy: Forbid`): a firing that
-//! falls due while the previous probe is still running is skipped and
-//! logged. Sleeps are cut into short slices and re-checked against the wall
-//! clock, so a clock step (NTP, a suspended VM) cannot make a firing early
-//! or lose it. On shutdown a probe in flight finishes and is printed.
+//! - `concurrencyPolicy`: `Forbid` (default) skips a firing while the
+//!   previous run is still going, and logs it; `Allow` lets runs overlap;
+//!   `Replace` cancels the running one and starts the new one.
+//! - `startingDeadlineSeconds`: a firing that could not start within this
+//!   many seconds of its scheduled time (pulse was paused, the machine
+//!   slept, the wall clock jumped forward) is logged as missed and not run.
+//!   Without it, the latest missed firing runs late, once, as in Kubernetes.
+//! - `suspend`: due firings are not run while suspended; on resume, the
+//!   latest one runs if it is still within the starting deadline.
+//!
+//! The decision of what is due is [`Planner`], pure and driven by the
+//! instants it is given, so it is tested with any clock. Each scheduled
+//! instant is considered once: the planner never goes back, so a wall clock
+//! stepping backwards cannot make an instant fire twice. Sleeps are cut
+//! into short slices and re-checked against the wall clock, so a clock step
+//! never makes a firing early.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use tokio::task::JoinSet;
 
+use crate::clock;
 use crate::probe::Prober;
 use crate::schedule::{rfc3339, Schedule};
 use crate::shutdown::Shutdown;
 
 /// Longest single sleep before the wall clock is read again.
-const SLEEP_SLICE: Duration = Duration::from_secs(30);
+const SLEEP_SLICE: Duration = Duration::from_secs(1);
 
-/// Fires `prober` on `schedule` until `shutdown`. With `run_at_start`, also
-/// probes once right away (without `scheduled_for`).
-pub async fn run(prober: &Prober, schedule: &Schedule, run_at_start: bool, shutdown: Shutdown) {
+/// Most missed instants counted one by one after a long gap.
+const MAX_COUNTED: usize = 100_000;
+
+/// What to do when a firing falls due while a run is still going.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+pub enum ConcurrencyPolicy {
+    /// Run both.
+    Allow,
+    /// Skip the new firing, and log it.
+    #[default]
+    Forbid,
+    /// Cancel the running one, then start the new one.
+    Replace,
+}
+
+/// How a schedule is kept.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Policy {
+    /// What to do with overlapping runs.
+    pub concurrency: ConcurrencyPolicy,
+    /// How late a firing may still start.
+    pub starting_deadline: Option<Duration>,
+    /// Whether firings are held back.
+    pub suspend: bool,
+    /// Also run once at start (unless suspended), unscheduled.
+    pub run_at_start: bool,
+}
+
+/// What the planner says to do now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Nothing is due before this instant.
+    Wait(DateTime<Utc>),
+    /// Run for this scheduled instant. `skipped` earlier instants fell due
+    /// in the same gap and will not run.
+    Fire { at: DateTime<Tz>, skipped: usize },
+    /// These instants (the latest is `at`) were not started within the
+    /// starting deadline; none runs.
+    Missed { at: DateTime<Tz>, count: usize },
+    /// Suspended; the latest due instant is `at`. Nothing is consumed.
+    Suspended { at: DateTime<Tz> },
+    /// The schedule never fires again.
+    Never,
+}
+
+/// Decides, given the time, which scheduled instant is due. Pure: it reads
+/// no clock.
+#[derive(Clone, Debug)]
+pub struct Planner {
+    schedule: Schedule,
+    starting_deadline: Option<Duration>,
+    suspended: bool,
+    /// The last instant already fired, missed or skipped (or the start).
+    considered: DateTime<Utc>,
+}
+
+impl Planner {
+    /// A planner that considers instants after `start`.
+    pub fn new(schedule: Schedule, policy: &Policy, start: DateTime<Utc>) -> Self {
+        Self {
+            schedule,
+            starting_deadline: policy.starting_deadline,
+            suspended: policy.suspend,
+            considered: start,
+        }
+    }
+
+    /// Suspends or resumes.
+    pub fn set_suspended(&mut self, suspended: bool) {
+        self.suspended = suspended;
+    }
+
+    /// What to do at wall-clock time `now`. `Fire` and `Missed` consume the
+    /// instants they report, so each instant is reported once however the
+    /// clock moves.
+    pub fn poll(&mut self, now: DateTime<Utc>) -> Due {
+        let Some(first) = self.schedule.next_after(self.considered) else {
+            return Due::Never;
+        };
+        if first.with_timezone(&Utc) > now {
+            return Due::Wait(first.with_timezone(&Utc));
+        }
+        let mut latest = first;
+        let mut count = 1;
+        while count < MAX_COUNTED {
+            match self.schedule.next_after(latest.with_timezone(&Utc)) {
+                Some(next) if next.with_timezone(&Utc) <= now => {
+                    latest = next;
+                    count += 1;
+                }
+                _ => break,
+            }
+        }
+        if self.suspended {
+            return Due::Suspended { at: latest };
+        }
+        self.considered = latest.with_timezone(&Utc);
+        let late = (now - latest.with_timezone(&Utc))
+            .to_std()
+            .unwrap_or_default();
+        match self.starting_deadline {
+            Some(deadline) if late > deadline => Due::Missed { at: latest, count },
+            _ => Due::Fire {
+                at: latest,
+                skipped: count - 1,
+            },
+        }
+    }
+
+    /// The next instant after the ones already considered.
+    pub fn next(&self) -> Option<DateTime<Tz>> {
+        self.schedule.next_after(self.considered)
+    }
+}
+
+/// Fires `prober` on `schedule` under `policy` until `shutdown`; then waits
+/// for runs in flight (each ends by its deadline).
+pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
+    let mut planner = Planner::new(schedule.clone(), &policy, clock::now());
     tracing::info!(
         probe = prober.name(),
         schedule = schedule.expression(),
         time_zone = %schedule.zone(),
         target = prober.target(),
-        first_firing = schedule.next_after(Utc::now()).map(|fire| rfc3339(&fire)),
+        concurrency_policy = ?policy.concurrency,
+        starting_deadline_seconds = policy.starting_deadline.map(|d| d.as_secs()),
+        suspend = policy.suspend,
+        first_firing = planner.next().map(|fire| rfc3339(&fire)),
         "scheduler started"
     );
-    let stop = shutdown.wait();
+    let stop = shutdown.clone().wait();
     tokio::pin!(stop);
-    if run_at_start {
-        prober.run(None).await.emit();
+    let mut runs = JoinSet::new();
+    if policy.run_at_start && !policy.suspend {
+        start_run(&mut runs, &prober, None);
     }
-    let mut after = Utc::now();
+    let mut announced_suspension = None;
     loop {
-        let Some(next) = schedule.next_after(after) else {
-            tracing::warn!(
-                schedule = schedule.expression(),
-                "the schedule has no further firings"
-            );
-            stop.await;
-            return;
+        while runs.try_join_next().is_some() {}
+        let wake = match planner.poll(clock::now()) {
+            Due::Never => {
+                tracing::warn!(
+                    probe = prober.name(),
+                    schedule = schedule.expression(),
+                    "the schedule has no further firings"
+                );
+                None
+            }
+            Due::Wait(next) => {
+                prober.record_next_run(next);
+                Some(next)
+            }
+            Due::Missed { at, count } => {
+                tracing::warn!(
+                    probe = prober.name(),
+                    scheduled_for = rfc3339(&at),
+                    missed = count,
+                    starting_deadline_seconds = policy.starting_deadline.map(|d| d.as_secs()),
+                    "missed: the firing could not start within its starting deadline, so it does not run"
+                );
+                continue;
+            }
+            Due::Suspended { at } => {
+                if announced_suspension != Some(at) {
+                    tracing::info!(
+                        probe = prober.name(),
+                        scheduled_for = rfc3339(&at),
+                        "suspended: not firing"
+                    );
+                    announced_suspension = Some(at);
+                }
+                Some(clock::now() + SLEEP_SLICE)
+            }
+            Due::Fire { at, skipped } => {
+                if skipped > 0 {
+                    tracing::warn!(probe = prober.name(), skipped, scheduled_for = rfc3339(&at),
+                        "earlier firings fell due in the same gap and were skipped; running the latest");
+                }
+                fire(&mut runs, &prober, at, policy.concurrency);
+                continue;
+            }
         };
-        tracing::debug!(next = rfc3339(&next), "next probe");
-        prober.record_next_run(next.with_timezone(&Utc));
         tokio::select! {
-            () = sleep_until(next.with_timezone(&Utc)) => {}
-            () = &mut stop => return,
-        }
-        prober.run(Some(next)).await.emit();
-        after = next.with_timezone(&Utc);
-        let now = Utc::now();
-        let skipped = count_due(schedule, after, now);
-        if skipped > 0 {
-            tracing::warn!(
-                skipped,
-                "firings fell due while the previous probe was running and were skipped"
-            );
-            after = now;
+            () = sleep_until(wake) => {}
+            () = &mut stop => break,
         }
     }
-}
-
-/// How many firings fall in (`after`, `now`]: computed one at a time, and
-/// only as far as `now`.
-fn count_due(schedule: &Schedule, after: DateTime<Utc>, now: DateTime<Utc>) -> usize {
-    let mut count = 0;
-    let mut cursor = after;
-    while let Some(fire) = schedule.next_after(cursor).map(|f| f.with_timezone(&Utc)) {
-        if fire > now {
-            break;
-        }
-        count += 1;
-        cursor = fire;
+    if !runs.is_empty() {
+        tracing::info!(
+            probe = prober.name(),
+            runs = runs.len(),
+            "waiting for probe runs in flight"
+        );
     }
-    count
+    while runs.join_next().await.is_some() {}
 }
 
-/// Sleeps until the wall clock reads `when` (returns at once if it has).
-async fn sleep_until(when: DateTime<Utc>) {
+fn fire(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: DateTime<Tz>, policy: ConcurrencyPolicy) {
+    if !runs.is_empty() {
+        match policy {
+            ConcurrencyPolicy::Forbid => {
+                tracing::warn!(
+                    probe = prober.name(),
+                    scheduled_for = rfc3339(&at),
+                    "skipped: the previous run is still going (concurrencyPolicy Forbid)"
+                );
+                return;
+            }
+            ConcurrencyPolicy::Replace => {
+                tracing::warn!(
+                    probe = prober.name(),
+                    scheduled_for = rfc3339(&at),
+                    cancelled = runs.len(),
+                    "replacing the run still going (concurrencyPolicy Replace)"
+                );
+                runs.abort_all();
+            }
+            ConcurrencyPolicy::Allow => {}
+        }
+    }
+    start_run(runs, prober, Some(at));
+}
+
+fn start_run(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: Option<DateTime<Tz>>) {
+    let prober = prober.clone();
+    runs.spawn(async move { prober.run(at).await.emit() });
+}
+
+/// Sleeps until the wall clock reads `when` (returns at once if it has), or
+/// forever for `None`.
+async fn sleep_until(when: Option<DateTime<Utc>>) {
+    let Some(when) = when else {
+        return std::future::pending().await;
+    };
     loop {
-        let Ok(left) = (when - Utc::now()).to_std() else {
+        let Ok(left) = (when - clock::now()).to_std() else {
             return;
         };
         if left.is_zero() {
@@ -102,34 +287,155 @@ mod tests {
             .unwrap()
     }
 
+    fn planner(expression: &str, zone: &str, deadline: Option<u64>, start: &str) -> Planner {
+        let zone = crate::schedule::parse_time_zone(zone).unwrap();
+        let policy = Policy {
+            starting_deadline: deadline.map(Duration::from_secs),
+            ..Policy::default()
+        };
+        Planner::new(
+            Schedule::parse(expression, zone).unwrap(),
+            &policy,
+            at(start),
+        )
+    }
+
+    fn fired(due: Due) -> String {
+        match due {
+            Due::Fire { at, .. } => rfc3339(&at),
+            other => panic!("expected a firing, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn count_due_counts_firings_after_the_last_one_up_to_now() {
-        let every_second = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
-        let fired = at("2026-05-01T10:00:00Z");
+    fn waits_then_fires_once_per_instant() {
+        let mut p = planner("0 8 * * *", "UTC", None, "2026-05-01T07:00:00Z");
         assert_eq!(
-            count_due(&every_second, fired, at("2026-05-01T10:00:00.500Z")),
-            0
+            p.poll(at("2026-05-01T07:59:59Z")),
+            Due::Wait(at("2026-05-01T08:00:00Z"))
         );
         assert_eq!(
-            count_due(&every_second, fired, at("2026-05-01T10:00:03Z")),
-            3
-        );
-        let daily = Schedule::parse("0 8 * * *", chrono_tz::UTC).unwrap();
-        assert_eq!(
-            count_due(
-                &daily,
-                at("2026-05-01T08:00:00Z"),
-                at("2026-05-01T08:00:11Z")
-            ),
-            0
+            fired(p.poll(at("2026-05-01T08:00:00.010Z"))),
+            "2026-05-01T08:00:00.000Z"
         );
         assert_eq!(
-            count_due(
-                &daily,
-                at("2026-05-01T08:00:00Z"),
-                at("2026-05-03T09:00:00Z")
-            ),
-            2
+            p.poll(at("2026-05-01T08:00:01Z")),
+            Due::Wait(at("2026-05-02T08:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_clock_stepping_backwards_never_fires_an_instant_twice() {
+        let mut p = planner("0 8 * * *", "UTC", None, "2026-05-01T07:00:00Z");
+        fired(p.poll(at("2026-05-01T08:00:00Z")));
+        // NTP steps the clock back an hour: 08:00 comes round again.
+        assert_eq!(
+            p.poll(at("2026-05-01T07:00:00Z")),
+            Due::Wait(at("2026-05-02T08:00:00Z"))
+        );
+        assert_eq!(
+            p.poll(at("2026-05-01T08:00:00Z")),
+            Due::Wait(at("2026-05-02T08:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn a_step_forward_past_the_starting_deadline_is_missed_not_run_late() {
+        let mut p = planner("0 8 * * *", "UTC", Some(300), "2026-05-01T07:00:00Z");
+        // The clock jumps from 07:59 to 09:00: 08:00 is an hour late.
+        assert_eq!(
+            p.poll(at("2026-05-01T09:00:00Z")),
+            Due::Missed {
+                at: at("2026-05-01T08:00:00Z").with_timezone(&chrono_tz::UTC),
+                count: 1
+            }
+        );
+        assert_eq!(
+            p.poll(at("2026-05-01T09:00:01Z")),
+            Due::Wait(at("2026-05-02T08:00:00Z"))
+        );
+        // Within the deadline it runs.
+        assert_eq!(
+            fired(p.poll(at("2026-05-02T08:04:00Z"))),
+            "2026-05-02T08:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn without_a_deadline_the_latest_missed_instant_runs_late_once() {
+        let mut p = planner("0 * * * *", "UTC", None, "2026-05-01T07:30:00Z");
+        match p.poll(at("2026-05-01T11:10:00Z")) {
+            Due::Fire { at: when, skipped } => {
+                assert_eq!(rfc3339(&when), "2026-05-01T11:00:00.000Z");
+                assert_eq!(skipped, 3, "08:00, 09:00 and 10:00 are skipped");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            p.poll(at("2026-05-01T11:10:01Z")),
+            Due::Wait(at("2026-05-01T12:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn suspend_holds_firings_and_resume_runs_the_latest_within_the_deadline() {
+        let mut p = planner("0 8 * * *", "UTC", Some(3600), "2026-05-01T07:00:00Z");
+        p.set_suspended(true);
+        assert!(matches!(
+            p.poll(at("2026-05-01T08:00:00Z")),
+            Due::Suspended { .. }
+        ));
+        assert!(matches!(
+            p.poll(at("2026-05-01T08:10:00Z")),
+            Due::Suspended { .. }
+        ));
+        p.set_suspended(false);
+        assert_eq!(
+            fired(p.poll(at("2026-05-01T08:20:00Z"))),
+            "2026-05-01T08:00:00.000Z"
+        );
+        // Suspended past the deadline: on resume the firing is missed.
+        p.set_suspended(true);
+        assert!(matches!(
+            p.poll(at("2026-05-02T08:00:00Z")),
+            Due::Suspended { .. }
+        ));
+        p.set_suspended(false);
+        assert!(matches!(
+            p.poll(at("2026-05-02T10:00:00Z")),
+            Due::Missed { .. }
+        ));
+    }
+
+    #[test]
+    fn dst_days_in_two_zones_fire_once_at_the_local_time() {
+        // Europe/Paris springs forward on 2026-03-29 at 02:00 (to 03:00).
+        let mut p = planner("0 8 * * *", "Europe/Paris", None, "2026-03-28T12:00:00Z");
+        assert_eq!(
+            fired(p.poll(at("2026-03-29T06:00:00Z"))),
+            "2026-03-29T08:00:00.000+02:00"
+        );
+        // 02:30 does not exist that day: the next firing is the next day's.
+        let mut p = planner("30 2 * * *", "Europe/Paris", None, "2026-03-28T12:00:00Z");
+        assert_eq!(
+            p.poll(at("2026-03-29T06:00:00Z")),
+            Due::Wait(at("2026-03-30T00:30:00Z"))
+        );
+        // America/New_York falls back on 2026-11-01 at 02:00 (to 01:00):
+        // 01:30 happens twice and fires once, at its first occurrence.
+        let mut p = planner(
+            "30 1 * * *",
+            "America/New_York",
+            None,
+            "2026-10-31T12:00:00Z",
+        );
+        assert_eq!(
+            fired(p.poll(at("2026-11-01T05:30:00Z"))),
+            "2026-11-01T01:30:00.000-04:00"
+        );
+        assert_eq!(
+            p.poll(at("2026-11-01T06:30:00Z")),
+            Due::Wait(at("2026-11-02T06:30:00Z"))
         );
     }
 }
