@@ -11,6 +11,7 @@ lists every failure.
 """
 import base64
 import sys
+import tomllib
 
 import yaml
 
@@ -69,8 +70,43 @@ def check_pod(pod_spec, where, configmaps, component):
                 size = len(yaml.safe_dump(configmaps[cm_name]))
                 check(size < CONFIGMAP_LIMIT, f"ConfigMap {cm_name} is {size} bytes; ConfigMaps must stay under 1 MiB")
         args = c.get("args", [])
-        check(f"--{'handler' if component == 'health' else 'probe'}=/components/{component}.wasm" in args,
-              f"{cw}: must load /components/{component}.wasm, args are {args}")
+        if "--config=/config/pulse.toml" in args:
+            check_config(pod_spec, c, cw, configmaps, component)
+        else:
+            check(f"--{'handler' if component == 'health' else 'probe'}=/components/{component}.wasm" in args,
+                  f"{cw}: must load /components/{component}.wasm, args are {args}")
+
+
+def check_config(pod_spec, container, where, configmaps, component):
+    """A container run with --config: /config must hold a pulse.toml whose probes pass the policy."""
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    check("/config" in mounts, f"{where}: --config=/config/pulse.toml needs a /config mount")
+    if "/config" not in mounts:
+        return
+    volume = next((v for v in pod_spec.get("volumes", []) if v["name"] == mounts["/config"]["name"]), None)
+    cm_name = (volume or {}).get("configMap", {}).get("name")
+    check(cm_name in configmaps, f"{where}: /config must come from a ConfigMap in the render, got {cm_name!r}")
+    text = configmaps.get(cm_name, {}).get("data", {}).get("pulse.toml")
+    check(text is not None, f"{where}: ConfigMap {cm_name} must hold pulse.toml")
+    if text is None:
+        return
+    try:
+        config = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        check(False, f"{where}: pulse.toml in {cm_name} is not TOML: {e}")
+        return
+    probes = config.get("probe", [])
+    check(len(probes) >= 1, f"{where}: pulse.toml must define at least one [[probe]]")
+    for probe in probes:
+        pw = f"{where}: pulse.toml probe {probe.get('name')!r}"
+        check(probe.get("component") == f"/components/{component}.wasm", f"{pw}: component must be /components/{component}.wasm")
+        probe_settings_ok(probe, pw)
+
+
+def probe_settings_ok(probe, where):
+    check(probe.get("target") == "http://api:3000/healthcheck", f"{where}: must target http://api:3000/healthcheck")
+    check(probe.get("schedule") == "0 8 * * *", f"{where}: must fire at 0 8 * * *")
+    check(bool(probe.get("time_zone")), f"{where}: must set its time zone explicitly")
 
 
 def configmaps_of(objects):
@@ -128,7 +164,7 @@ def main(base_path, cron_path):
         args = pod["containers"][0]["args"]
         check(args[0] == "schedule", "base: probe must run `pulse schedule`")
         admin_probes_ok(pod["containers"][0], "base Deployment probe", "probe")
-        probe_args_ok(args, "base", scheduled=True)
+        check("--config=/config/pulse.toml" in args, "base: the probe must read its probes from /config/pulse.toml")
 
     cron = load(cron_path)
     check_api(cron, "cronjob overlay")

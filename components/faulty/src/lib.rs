@@ -15,8 +15,9 @@
 //! - anything else answers 200 `{"status":"ok"}`.
 //!
 //! As a probe, by target: a URL containing `trap` panics, `spin` loops
-//! forever, `to=U` (in the query) sends its request to U instead of the
-//! target; anything else reports status 299 without any request.
+//! forever, `sleep=N` (in the query) waits N ms first, `to=U` (in the
+//! query) sends its request to U instead of the target; anything else
+//! reports status 299 without any request.
 
 wit_bindgen::generate!({
     inline: r#"
@@ -168,6 +169,9 @@ impl Guest for Faulty {
         }
         if target.contains("spin") {
             spin();
+        }
+        if let Some(ms) = query_value(&target, "sleep").and_then(|v| v.parse().ok()) {
+            sleep_ms(ms);
         }
         if let Some(elsewhere) = query_value(&target, "to") {
             return match fetch(elsewhere) {
