@@ -11,11 +11,12 @@ use clap::ArgMatches;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Readiness};
-use crate::cli::{Cli, Command, NextArgs};
+use crate::cli::{CheckArgs, CheckRole, Cli, Command, NextArgs};
 use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
-use crate::engine::{GuestLimits, Runtime};
+use crate::engine::{GuestLimits, Role, Runtime};
 use crate::metrics::Metrics;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
+use crate::reload::{self, Reloadable};
 use crate::schedule::{parse_time_zone, rfc3339, Schedule};
 use crate::serve::Handler;
 use crate::shutdown::Shutdown;
@@ -47,7 +48,15 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
     let limits = GuestLimits {
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
     };
-    let runtime = Arc::new(Runtime::new(limits).context("cannot set up the WebAssembly engine")?);
+    let cache_dir = config::cache_dir(cli.cache_dir.as_ref(), &file);
+    let runtime = Arc::new(
+        Runtime::new(limits, cache_dir.as_deref())
+            .context("cannot set up the WebAssembly engine")?,
+    );
+    if let Command::Check(args) = &cli.command {
+        return check_command(&runtime, args);
+    }
+    let watch = !cli.no_watch;
     let metrics = Arc::new(Metrics::new());
     let start = Start {
         runtime,
@@ -63,6 +72,7 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
             let shutdown = Shutdown::on_signals();
             start.admin(args.admin.admin_listen, &shutdown).await?;
+            start.watch(watch, vec![handler.clone()])?;
             serve::serve(listener, handler, shutdown.wait()).await?;
         }
         Command::Schedule(args) => {
@@ -74,9 +84,10 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             };
             let settings = config::probes(&start.sub, &flags, &start.file, &start.source)?;
             let components = start.load_probe_components(&settings)?;
-            let probers = start.aim(settings, components, None)?;
+            let probers = start.aim(settings, components.clone(), None)?;
             let shutdown = Shutdown::on_signals();
             start.admin(args.admin.admin_listen, &shutdown).await?;
+            start.watch(watch, reloadable_probes(&components))?;
             schedule_all(probers, shutdown).await;
         }
         Command::Probe(args) => {
@@ -125,7 +136,7 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             let (served, ()) = tokio::join!(serving, scheduling);
             served?;
         }
-        Command::Next(_) => unreachable!("handled above"),
+        Command::Next(_) | Command::Check(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -200,6 +211,17 @@ impl Start {
             .collect()
     }
 
+    /// Starts reloading `components` when their files change (unless
+    /// `watch` is off) and on SIGHUP.
+    fn watch(&self, watch: bool, components: Vec<Arc<dyn Reloadable>>) -> anyhow::Result<()> {
+        if watch {
+            reload::spawn(components, self.runtime.clone(), self.metrics.clone())
+        } else {
+            reload::spawn_on_sighup_only(components, self.runtime.clone(), self.metrics.clone());
+            Ok(())
+        }
+    }
+
     /// Binds the admin port (the file's address unless the flag is
     /// explicit) and serves /livez, /readyz and /metrics on it.
     async fn admin(&self, flag: SocketAddr, shutdown: &Shutdown) -> anyhow::Result<()> {
@@ -209,6 +231,49 @@ impl Start {
         readiness.set_loaded();
         admin::spawn(listener, readiness, self.metrics.clone());
         Ok(())
+    }
+}
+
+/// Each distinct probe component once (probes may share one).
+fn reloadable_probes(components: &[ProbeComponent]) -> Vec<Arc<dyn Reloadable>> {
+    let mut seen: Vec<&std::path::Path> = Vec::new();
+    components
+        .iter()
+        .filter(|c| {
+            let fresh = !seen.contains(&c.path());
+            seen.push(c.path());
+            fresh
+        })
+        .map(|c| Arc::new(c.clone()) as Arc<dyn Reloadable>)
+        .collect()
+}
+
+/// `pulse check`: exit 0 if the file fits the role, 1 with the reason.
+fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let role = match args.role {
+        CheckRole::Handler => Role::Handler,
+        CheckRole::Probe => Role::Probe,
+    };
+    let checked = runtime.read(&args.file, role).and_then(|file| {
+        match role {
+            Role::Handler => serve::check(runtime, &args.file, &file.bytes),
+            Role::Probe => crate::probe::check(runtime, &args.file, &file.bytes),
+        }
+        .map(|()| file.digest)
+    });
+    match checked {
+        Ok(digest) => {
+            println!(
+                "ok: {} is a valid {} component ({digest})",
+                args.file.display(),
+                role.name()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!("not ok: {error}");
+            Ok(ExitCode::from(EXIT_UNHEALTHY))
+        }
     }
 }
 

@@ -41,6 +41,16 @@ pub struct Cli {
     #[arg(long, env = "PULSE_CONFIG", global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// A writable directory where Wasmtime keeps compiled components, so
+    /// later starts and reloads skip compiling (an emptyDir in Kubernetes).
+    /// Default: no cache; every start compiles.
+    #[arg(long, env = "PULSE_CACHE_DIR", global = true, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Do not watch component files for changes (SIGHUP still reloads).
+    #[arg(long, env = "PULSE_NO_WATCH", global = true)]
+    pub no_watch: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -62,6 +72,30 @@ pub enum Command {
     /// Print the next firing instants of a schedule, in its time zone and in
     /// UTC, to check an expression before deploying it.
     Next(NextArgs),
+    /// Check that a component fits a role, without running it: exit 0 if it
+    /// does, 1 with the reason if not.
+    Check(CheckArgs),
+}
+
+/// Flags of `pulse check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The component file (.wasm) to check.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// What the component is for.
+    #[arg(long, value_enum)]
+    pub role: CheckRole,
+}
+
+/// The roles `pulse check` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckRole {
+    /// A wasi:http handler, as `pulse serve --handler` loads.
+    Handler,
+    /// A probe of the pulse:probe/probe world, as `--probe` loads.
+    Probe,
 }
 
 /// Flags of `pulse next`.

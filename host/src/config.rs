@@ -6,6 +6,7 @@
 //!
 //! ```toml
 //! max_memory = "128Mi"
+//! cache_dir = "/var/cache/pulse"
 //!
 //! [handler]
 //! component = "/components/health.wasm"
@@ -48,6 +49,8 @@ pub struct ConfigFile {
     pub max_memory: Option<String>,
     /// Address of the admin endpoints.
     pub admin_listen: Option<SocketAddr>,
+    /// Wasmtime's compilation cache directory.
+    pub cache_dir: Option<PathBuf>,
     /// The HTTP handler and its limits.
     pub handler: Option<HandlerSection>,
     /// Any number of named probes.
@@ -177,6 +180,11 @@ pub fn max_memory(
         source,
         "max_memory",
     )
+}
+
+/// The cache directory: `--cache-dir` if given, else the file's.
+pub fn cache_dir(flag: Option<&PathBuf>, file: &ConfigFile) -> Option<PathBuf> {
+    flag.or(file.cache_dir.as_ref()).cloned()
 }
 
 /// The admin address: `--admin-listen` if explicit, else the file's.

@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -59,6 +62,14 @@ impl Role {
         match self {
             Role::Handler => "--handler",
             Role::Probe => "--probe",
+        }
+    }
+
+    /// The role's name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Handler => "handler",
+            Role::Probe => "probe",
         }
     }
 
@@ -195,6 +206,14 @@ impl WasiHttpView for HostState {
     }
 }
 
+/// A component file as read: its bytes and their digest.
+pub struct ComponentFile {
+    /// The file's contents.
+    pub bytes: Vec<u8>,
+    /// `sha256:` and the hex SHA-256 of the bytes.
+    pub digest: String,
+}
+
 /// The engine and linker shared by every component the process runs.
 pub struct Runtime {
     engine: Engine,
@@ -204,10 +223,20 @@ pub struct Runtime {
 
 impl Runtime {
     /// Builds the engine (Cranelift, epoch interruption) and a linker with
-    /// all of WASI 0.2 and wasi:http, and starts the epoch ticker.
-    pub fn new(limits: GuestLimits) -> anyhow::Result<Self> {
+    /// all of WASI 0.2 and wasi:http, and starts the epoch ticker. With
+    /// `cache_dir`, compiled components are kept there by Wasmtime's own
+    /// compilation cache and reused by later starts and reloads.
+    pub fn new(limits: GuestLimits, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        if let Some(dir) = cache_dir {
+            let mut cache = CacheConfig::new();
+            cache.with_directory(dir);
+            let cache = Cache::new(cache).map_err(anyhow::Error::from).with_context(|| {
+                format!("cannot use --cache-dir {}: give a writable directory (an emptyDir in Kubernetes), or leave it unset", dir.display())
+            })?;
+            config.cache(Some(cache));
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -225,16 +254,28 @@ impl Runtime {
         &self.engine
     }
 
-    /// Reads, compiles and links the component at `path` for `role`,
-    /// checking that it exports what the role calls.
-    pub fn load(&self, path: &Path, role: Role) -> Result<InstancePre<HostState>, LoadError> {
-        let role_flag = role.flag();
+    /// Reads the component file at `path` for `role`, with its digest.
+    pub fn read(&self, path: &Path, role: Role) -> Result<ComponentFile, LoadError> {
         let bytes = std::fs::read(path).map_err(|cause| LoadError::Read {
-            role_flag,
+            role_flag: role.flag(),
             path: path.to_owned(),
             cause,
         })?;
-        check_component_header(&bytes).map_err(|kind| match kind {
+        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        Ok(ComponentFile { bytes, digest })
+    }
+
+    /// Compiles (or fetches from the compilation cache) and links `bytes`,
+    /// read from `path`, for `role`, checking that it exports what the role
+    /// calls.
+    pub fn compile(
+        &self,
+        path: &Path,
+        role: Role,
+        bytes: &[u8],
+    ) -> Result<InstancePre<HostState>, LoadError> {
+        let role_flag = role.flag();
+        check_component_header(bytes).map_err(|kind| match kind {
             HeaderKind::NotWasm => LoadError::NotWasm {
                 role_flag,
                 path: path.to_owned(),
@@ -245,7 +286,7 @@ impl Runtime {
             },
         })?;
         let component =
-            Component::from_binary(&self.engine, &bytes).map_err(|e| LoadError::Invalid {
+            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
                 role_flag,
                 path: path.to_owned(),
                 reason: format!("{e:#}"),

@@ -21,6 +21,7 @@
 //! - [`scheduler`]: the firing loop.
 //! - [`probe`]: running the probe component once and the JSON line printed
 //!   for each result.
+//! - [`reload`]: watching component files and swapping in new versions.
 //! - [`shutdown`]: SIGTERM/SIGINT as a value tasks wait on.
 //! - [`logging`]: diagnostics on stderr, text or JSON.
 //!
@@ -47,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod probe;
+pub mod reload;
 pub mod schedule;
 pub mod scheduler;
 pub mod serve;

@@ -1,7 +1,8 @@
 //! The HTTP server: hyper accepts connections, and each request runs the
 //! handler component on a fresh store.
 //!
-//! The component is pre-instantiated once ([`ProxyPre`]). Per request the
+//! The component is pre-instantiated once ([`ProxyPre`]) and replaced
+//! atomically when its file changes ([`crate::reload`]). Per request the
 //! server instantiates it, calls `wasi:http/incoming-handler.handle` in a
 //! spawned task and awaits the response the guest sets. Whatever the guest
 //! does, the client gets an answer and the server goes on; every answer
@@ -21,13 +22,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -43,9 +45,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
-use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
+use crate::engine::{is_deadline, ComponentFile, HostState, LoadError, Role, Runtime, StoreSetup};
 use crate::metrics::Metrics;
 use crate::outbound::AllowList;
+use crate::reload::Reloadable;
 
 /// The header that carries the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -67,10 +70,18 @@ pub struct ServeOptions {
     pub outbound: Arc<AllowList>,
 }
 
-/// A loaded handler component, ready to serve.
+/// The handler component in use.
+struct Loaded {
+    pre: ProxyPre<HostState>,
+    digest: String,
+}
+
+/// A loaded handler component, ready to serve; it can be replaced while
+/// serving (see [`crate::reload`]).
 pub struct Handler {
     runtime: Arc<Runtime>,
-    pre: ProxyPre<HostState>,
+    path: PathBuf,
+    current: ArcSwap<Loaded>,
     slots: Semaphore,
     options: ServeOptions,
     metrics: Arc<Metrics>,
@@ -87,14 +98,9 @@ impl Handler {
         options: ServeOptions,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let instance_pre = runtime.load(path, Role::Handler)?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingExport {
-            role_flag: Role::Handler.flag(),
-            path: path.to_owned(),
-            missing: "wasi:http/incoming-handler@0.2.x with the standard handle signature",
-            found: format!("an incompatible incoming-handler ({e:#})"),
-            how: "build it for the wasi:http/proxy world of WASI 0.2",
-        })?;
+        let file = runtime.read(path, Role::Handler)?;
+        let pre = prepare(&runtime, path, &file.bytes)?;
+        tracing::info!(role = "handler", path = %path.display(), digest = %file.digest, "component loaded");
         let component = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -108,7 +114,11 @@ impl Handler {
             ^ std::process::id();
         Ok(Self {
             runtime,
-            pre,
+            path: path.to_owned(),
+            current: ArcSwap::from_pointee(Loaded {
+                pre,
+                digest: file.digest,
+            }),
             slots: Semaphore::new(options.max_concurrency.max(1)),
             options,
             metrics,
@@ -235,7 +245,7 @@ impl Handler {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| GuestFailure::Guest(e.into()))?;
-        let pre = self.pre.clone();
+        let pre = self.current.load().pre.clone();
         let metrics = self.metrics.clone();
         // The guest may go on streaming the body after it sets the response,
         // so it runs in its own task while this one awaits the response. The
@@ -273,6 +283,48 @@ impl Handler {
                 Err(GuestFailure::Guest(why))
             }
         }
+    }
+}
+
+/// Compiles and checks a handler: it must export the standard
+/// `wasi:http/incoming-handler`.
+fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<ProxyPre<HostState>, LoadError> {
+    let instance_pre = runtime.compile(path, Role::Handler, bytes)?;
+    ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingExport {
+        role_flag: Role::Handler.flag(),
+        path: path.to_owned(),
+        missing: "wasi:http/incoming-handler@0.2.x with the standard handle signature",
+        found: format!("an incompatible incoming-handler ({e:#})"),
+        how: "build it for the wasi:http/proxy world of WASI 0.2",
+    })
+}
+
+/// Checks that `bytes` (read from `path`) is a usable handler, as `pulse
+/// check --role handler` does.
+pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
+    prepare(runtime, path, bytes).map(drop)
+}
+
+impl Reloadable for Handler {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn role(&self) -> Role {
+        Role::Handler
+    }
+
+    fn digest(&self) -> String {
+        self.current.load().digest.clone()
+    }
+
+    fn replace(&self, file: ComponentFile) -> anyhow::Result<()> {
+        let pre = prepare(&self.runtime, &self.path, &file.bytes)?;
+        self.current.store(Arc::new(Loaded {
+            pre,
+            digest: file.digest,
+        }));
+        Ok(())
     }
 }
 
