@@ -10,6 +10,8 @@ host_bin := "target/" + host_target + "/release/pulse"
 components := "target/components"
 version := `sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1`
 image := "localhost/pulse:" + version
+bench_cache := env_var_or_default("PULSE_BENCH_CACHE", env_var("HOME") / ".cache/pulse-bench")
+wasmtime_bin := bench_cache / "wasmtime-48.0.8/bin/wasmtime"
 
 # podman needs the runc runtime and explicit ulimits on these machines;
 # set CONTAINERS_CONF yourself to use other settings.
@@ -54,6 +56,7 @@ run *ARGS: build
 # Run every test: unit, integration (real binary, real components), manifests, and the end-to-end DNS and container tests.
 test: build k8s-check image
     PULSE_TEST_IMAGE={{image}} cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
+    python3 ci/bench.py --smoke --pulse {{host_bin}} --health {{components}}/health.wasm
 
 # Build the container image (FROM scratch: the static binary and the default components) with podman, or docker.
 image: build
@@ -86,6 +89,19 @@ vendor-wit:
     cp "$src"/*.wit wit/deps/
     echo "wit/deps now matches wasmtime-wasi-http $version"
 
-# Benchmark `pulse serve` under wrk on loopback (bounded in time) and report its memory and the one-shot probe time.
-bench duration="10s" connections="16": build
-    ci/bench.sh {{host_bin}} {{components}}/health.wasm {{components}}/probe.wasm {{duration}} {{connections}}
+# Benchmark pulse serve against wasmtime serve, a native hyper server and the Express app; writes docs/BENCHMARKS.md.
+bench rounds="5" duration="10": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build --release --locked --target {{host_target}} -p bench-native
+    if command -v npm >/dev/null && [ ! -d bench/express/node_modules ]; then
+        (cd bench/express && npm ci --no-audit --no-fund --silent)
+    fi
+    [ -x "{{wasmtime_bin}}" ] || echo "note: no wasmtime CLI at {{wasmtime_bin}}; run 'just bench-wasmtime' (about 20 minutes) to compare with it" >&2
+    python3 ci/bench.py --pulse {{host_bin}} --health {{components}}/health.wasm \
+        --native target/{{host_target}}/release/bench-native --wasmtime {{wasmtime_bin}} \
+        --express bench/express --rounds {{rounds}} --duration {{duration}} --output docs/BENCHMARKS.md
+
+# Install wasmtime-cli 48.0.8 (the baseline of just bench) into the bench cache; about 20 minutes.
+bench-wasmtime:
+    cargo install wasmtime-cli --version 48.0.8 --locked --root {{bench_cache}}/wasmtime-48.0.8

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use crate::admin::{self, Readiness};
 use crate::cli::{CheckArgs, CheckRole, Cli, Command, NextArgs};
 use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
-use crate::engine::{GuestLimits, Role, Runtime};
+use crate::engine::{GuestLimits, Role, Runtime, PROBE_INSTANCES};
 use crate::metrics::Metrics;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
 use crate::reload::{self, Reloadable};
@@ -45,8 +45,14 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
         return next_command(args);
     }
     let max_memory = config::max_memory(&sub, cli.max_memory, &file, &source)?;
+    let handler_slots = match &cli.command {
+        Command::Serve(args) => args.max_concurrency,
+        Command::Run(args) => args.serve.max_concurrency,
+        _ => 0,
+    };
     let limits = GuestLimits {
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
+        max_instances: handler_slots.saturating_add(PROBE_INSTANCES),
     };
     let cache_dir = config::cache_dir(cli.cache_dir.as_ref(), &file);
     let runtime = Arc::new(

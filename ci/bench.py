@@ -1,0 +1,257 @@
+#!/usr/bin/env python3
+"""`just bench`: pulse serve side by side with its baselines, on one machine.
+
+Servers (each answering GET /healthcheck with the same JSON):
+  pulse    pulse serve with the health component
+  wasmtime wasmtime serve 48.0.8 -Scli on the same component (skipped, with a
+           note, when the binary is not available)
+  native   bench-native, a plain hyper server (the floor of what is possible)
+  express  the original Node.js Express app (skipped when node is missing)
+
+Every server runs pinned to one CPU and wrk to another. Rounds alternate
+between the servers; the report gives medians over the rounds of
+requests/s and p50/p99 latency, the resident memory after the load, and the
+cold start (process start to the first 200, median of several starts) --
+for pulse both compiling at start and from its compilation cache.
+
+Usage: bench.py --pulse BIN --health WASM --native BIN [--wasmtime BIN]
+                [--express DIR] [--rounds N] [--duration S] [--connections N]
+                [--output FILE] [--smoke]
+--smoke runs pulse alone for one short round and fails unless the report is
+produced with zero errors (just test runs it so the harness cannot rot).
+"""
+import argparse
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+SERVER_CPU = "1"
+LOAD_CPU = "0"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_status(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck", timeout=1) as r:
+            return r.status
+    except Exception:
+        return None
+
+
+class Server:
+    def __init__(self, name, command, note):
+        self.name, self.command, self.note = name, command, note
+        self.process = None
+        self.port = None
+
+    def start(self):
+        """Starts the server pinned to SERVER_CPU; returns seconds to the first 200."""
+        self.port = free_port()
+        argv = ["taskset", "-c", SERVER_CPU] + [a.replace("{port}", str(self.port)) for a in self.command]
+        started = time.perf_counter()
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env={**os.environ, "PULSE_LOG_FORMAT": "json"})
+        deadline = started + 30
+        while time.perf_counter() < deadline:
+            if get_status(self.port) == 200:
+                return time.perf_counter() - started
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {' '.join(argv)}")
+            time.sleep(0.0005)
+        raise RuntimeError(f"{self.name} did not answer 200 within 30 s")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def rss_mb(self):
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+def parse_ms(text):
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def wrk(port, duration, connections):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+         f"http://127.0.0.1:{port}/healthcheck"],
+        check=True, capture_output=True, text=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        errors += sum(int(g) for g in m.groups())
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50": parse_ms(latency["50"]),
+        "p99": parse_ms(latency["99"]),
+        "errors": errors,
+    }
+
+
+def cold_start(server, runs):
+    # One untimed start first, so that compilation caches are warm.
+    server.start()
+    server.stop()
+    times = []
+    for _ in range(runs):
+        times.append(server.start())
+        server.stop()
+    return statistics.median(times) * 1000
+
+
+def machine():
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{os.cpu_count()} cores ({model}), {platform.system()} {platform.release()}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "–"
+
+
+NOTES_MARKER = "<!-- notes: kept by just bench -->"
+
+
+def write_document(path, report, command):
+    """Writes the report into `path`, keeping what follows NOTES_MARKER."""
+    notes = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+        if NOTES_MARKER in text:
+            notes = text[text.index(NOTES_MARKER):]
+    with open(path, "w") as f:
+        f.write("# Benchmarks\n\n")
+        f.write(f"Made by `just bench` on {time.strftime('%Y-%m-%d', time.gmtime())}, which ran:\n\n")
+        f.write(f"```\n{command}\n```\n\n")
+        f.write(report)
+        f.write("\n" + (notes or NOTES_MARKER + "\n"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pulse", required=True)
+    ap.add_argument("--health", required=True)
+    ap.add_argument("--native")
+    ap.add_argument("--wasmtime")
+    ap.add_argument("--express")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--cold-starts", type=int, default=9)
+    ap.add_argument("--output")
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.duration, args.cold_starts = 1, 1, 2
+    if not shutil.which("wrk"):
+        sys.exit("error: just bench needs wrk (Debian: apt-get install wrk)")
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("error: the bench pins server and load generator to two different CPUs; this machine has one")
+
+    cache = tempfile.mkdtemp(prefix="pulse-bench-cache-")
+    pulse_cmd = [args.pulse, "serve", "--listen", "127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
+                 "--handler", args.health]
+    servers = [Server("pulse", pulse_cmd + ["--cache-dir", cache], "pulse serve, compilation cache on")]
+    notes = []
+    if not args.smoke:
+        if args.wasmtime and os.access(args.wasmtime, os.X_OK):
+            servers.append(Server("wasmtime", [args.wasmtime, "serve", "-Scli", "--addr", "127.0.0.1:{port}",
+                                               args.health], "wasmtime serve 48.0.8 -Scli"))
+        else:
+            notes.append(f"wasmtime serve skipped: no binary at {args.wasmtime!r} (see just bench-wasmtime)")
+        if args.native:
+            servers.append(Server("native", [args.native, "127.0.0.1:{port}"], "bench-native (hyper, one thread)"))
+        if args.express and shutil.which("node") and os.path.isdir(os.path.join(args.express, "node_modules")):
+            servers.append(Server("express", ["node", os.path.join(args.express, "app.js"), "{port}"],
+                                  f"Express on Node.js {subprocess.run(['node', '--version'], capture_output=True, text=True).stdout.strip()}"))
+        else:
+            notes.append("express skipped: needs node and `npm install` in bench/express")
+
+    # Cold starts, each server alone.
+    cold = {}
+    uncached = Server("pulse-uncached", pulse_cmd, "")
+    cold["pulse-uncached"] = cold_start(uncached, args.cold_starts)
+    for server in servers:
+        cold[server.name] = cold_start(server, args.cold_starts)
+
+    # Load rounds; the order of servers rotates each round.
+    results = {s.name: [] for s in servers}
+    rss = {}
+    for s in servers:
+        s.start()
+    try:
+        for r in range(args.rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for s in order:
+                results[s.name].append(wrk(s.port, args.duration, args.connections))
+                print(f"round {r + 1}/{args.rounds} {s.name:9} {results[s.name][-1]}", file=sys.stderr)
+        for s in servers:
+            rss[s.name] = s.rss_mb()
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(cache, ignore_errors=True)
+
+    med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99")} for name, runs in results.items()}
+    errors = {name: sum(x["errors"] for x in runs) for name, runs in results.items()}
+    base_w = med.get("wasmtime", {}).get("rps")
+    base_n = med.get("native", {}).get("rps")
+    lines = [
+        "| server | requests/s | p50 ms | p99 ms | RSS after load MB | cold start ms | vs wasmtime serve | vs native | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in servers:
+        m = med[s.name]
+        lines.append(f"| {s.note} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {rss[s.name]:.1f} | "
+                     f"{cold[s.name]:.1f} | {ratio(m['rps'], base_w)} | {ratio(m['rps'], base_n)} | {errors[s.name]} |")
+    lines.append(f"| pulse serve, compiling at start (no cache) | | | | | {cold['pulse-uncached']:.1f} | | | |")
+    table = "\n".join(lines)
+    header = (f"Machine: {machine()}. Servers pinned to CPU {SERVER_CPU}, wrk (1 thread, {args.connections} "
+              f"connections, {args.duration} s per round) to CPU {LOAD_CPU}; {args.rounds} rounds, servers "
+              f"alternating; medians. Cold start: process start to the first 200, median of {args.cold_starts}.")
+    report = header + "\n\n" + table + "\n" + "".join(f"\n{n}" for n in notes) + "\n"
+    print(report)
+    if args.output:
+        write_document(args.output, report, " ".join(sys.argv))
+    if args.smoke:
+        assert results["pulse"] and med["pulse"]["rps"] > 0, "no requests were answered"
+        assert errors["pulse"] == 0, f"{errors['pulse']} requests failed"
+        print("bench smoke: ok (report produced, zero errors)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
