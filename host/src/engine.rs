@@ -17,8 +17,8 @@ use anyhow::Context;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{
-    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-    Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+    Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
+    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -62,8 +62,9 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// Wasmtime's pooling allocator sized for `limits`: instances, memories,
 /// tables and async stacks are taken from pools made once at start, so a
 /// request costs no mmap/munmap and, within [`KEEP_RESIDENT`], no page
-/// faults. (Measured: without it a third of the CPU went to the kernel
-/// mapping and unmapping memories and fiber stacks per request.)
+/// faults; with `PAGEMAP_SCAN` only the pages an instance dirtied are reset.
+/// Measured on one core with wrk (16 connections): on-demand allocation
+/// ~6,400 requests/s; pooling ~9,700; pooling with pagemap scan ~15,000.
 fn pooling(limits: &GuestLimits) -> PoolingAllocationConfig {
     let instances = limits.max_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
@@ -75,8 +76,11 @@ fn pooling(limits: &GuestLimits) -> PoolingAllocationConfig {
         .total_tables(instances * 4)
         .total_stacks(instances)
         .max_memory_size(limits.max_memory)
-        .linear_memory_keep_resident(std::env::var("XKR").ok().and_then(|v| v.parse().ok()).unwrap_or(KEEP_RESIDENT))
-        .table_keep_resident(std::env::var("XKT").ok().and_then(|v| v.parse().ok()).unwrap_or(KEEP_RESIDENT / 16))
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(KEEP_RESIDENT / 16)
+        // Reset only the pages an instance dirtied (Linux 6.7+; elsewhere
+        // Wasmtime falls back to resetting the whole kept region).
+        .pagemap_scan(Enabled::Auto)
         .async_stack_keep_resident(64 * 1024);
     pool
 }

@@ -12,7 +12,9 @@ use hyper_util::rt::TokioIo;
 
 const BODY: &str = "{\"component\":\"health\",\"status\":\"ok\",\"version\":\"0.1.0\"}";
 
-async fn answer(request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = if request.uri().path() == "/healthcheck" {
         (StatusCode::OK, BODY)
     } else {
