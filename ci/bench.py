@@ -152,6 +152,7 @@ def write_document(path, report, command):
             text = f.read()
         if NOTES_MARKER in text:
             notes = text[text.index(NOTES_MARKER):]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         f.write("# Benchmarks\n\n")
         f.write(f"Made by `just bench` on {time.strftime('%Y-%m-%d', time.gmtime())}, which ran:\n\n")
@@ -229,15 +230,16 @@ def main():
     errors = {name: sum(x["errors"] for x in runs) for name, runs in results.items()}
     base_w = med.get("wasmtime", {}).get("rps")
     base_n = med.get("native", {}).get("rps")
+    base_e = med.get("express", {}).get("rps")
     lines = [
-        "| server | requests/s | p50 ms | p99 ms | RSS after load MB | cold start ms | vs wasmtime serve | vs native | errors |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| server | requests/s | p50 ms | p99 ms | RSS after load MB | cold start ms | vs wasmtime serve | vs Express | vs native | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in servers:
         m = med[s.name]
         lines.append(f"| {s.note} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {rss[s.name]:.1f} | "
-                     f"{cold[s.name]:.1f} | {ratio(m['rps'], base_w)} | {ratio(m['rps'], base_n)} | {errors[s.name]} |")
-    lines.append(f"| pulse serve, compiling at start (no cache) | | | | | {cold['pulse-uncached']:.1f} | | | |")
+                     f"{cold[s.name]:.1f} | {ratio(m['rps'], base_w)} | {ratio(m['rps'], base_e)} | {ratio(m['rps'], base_n)} | {errors[s.name]} |")
+    lines.append(f"| pulse serve, compiling at start (no cache) | | | | | {cold['pulse-uncached']:.1f} | | | | |")
     table = "\n".join(lines)
     header = (f"Machine: {machine()}. Servers pinned to CPU {SERVER_CPU}, wrk (1 thread, {args.connections} "
               f"connections, {args.duration} s per round) to CPU {LOAD_CPU}; {args.rounds} rounds, servers "

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
-    status: String,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,9 +147,7 @@ impl Metrics {
     /// Counts one answered request.
     pub fn request(&self, status: u16, took: Duration) {
         self.requests
-            .get_or_create(&StatusLabels {
-                status: status.to_string(),
-            })
+            .get_or_create(&StatusLabels { status })
             .inc();
         self.request_duration.observe(took.as_secs_f64());
     }
