@@ -78,7 +78,7 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
             let shutdown = Shutdown::on_signals();
             start.admin(args.admin.admin_listen, &shutdown).await?;
-            start.watch(watch, vec![handler.clone()])?;
+            start.watch(watch, vec![handler.component()])?;
             serve::serve(listener, handler, shutdown.wait()).await?;
         }
         Command::Schedule(args) => {
@@ -250,7 +250,7 @@ fn reloadable_probes(components: &[ProbeComponent]) -> Vec<Arc<dyn Reloadable>> 
             seen.push(c.path());
             fresh
         })
-        .map(|c| Arc::new(c.clone()) as Arc<dyn Reloadable>)
+        .map(|c| c.reloadable() as Arc<dyn Reloadable>)
         .collect()
 }
 

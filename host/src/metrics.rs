@@ -146,9 +146,7 @@ impl Metrics {
 
     /// Counts one answered request.
     pub fn request(&self, status: u16, took: Duration) {
-        self.requests
-            .get_or_create(&StatusLabels { status })
-            .inc();
+        self.requests.get_or_create(&StatusLabels { status }).inc();
         self.request_duration.observe(took.as_secs_f64());
     }
 

@@ -11,19 +11,18 @@
 //! `--allow-outbound`; anything else is `denied`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::engine::{is_deadline, ComponentFile, HostState, LoadError, Role, Runtime, StoreSetup};
+use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
 use crate::metrics::Metrics;
 use crate::outbound::{AllowList, AllowRule};
-use crate::reload::Reloadable;
+use crate::reload::{Reloadable, Swappable};
 use crate::schedule::rfc3339;
 use crate::shutdown::Shutdown;
 
@@ -47,37 +46,36 @@ use bindings::ProbePre;
 /// guest, so a probe that honours its deadline reports its own timeout.
 const GRACE: Duration = Duration::from_millis(500);
 
-/// The probe component in use.
-struct Loaded {
-    pre: ProbePre<HostState>,
-    digest: String,
-}
-
 /// A loaded probe component, ready to be aimed at a target. Clones share
 /// one component, which can be replaced while in use (see
 /// [`crate::reload`]).
 #[derive(Clone)]
 pub struct ProbeComponent {
     runtime: Arc<Runtime>,
-    path: Arc<PathBuf>,
-    current: Arc<ArcSwap<Loaded>>,
+    swappable: Arc<Swappable<ProbePre<HostState>>>,
 }
 
 impl ProbeComponent {
     /// Loads the probe component at `path`, checking it exports `check`
     /// with the probe world's signature.
     pub fn load(runtime: Arc<Runtime>, path: &Path) -> anyhow::Result<Self> {
-        let file = runtime.read(path, Role::Probe)?;
-        let pre = prepare(&runtime, path, &file.bytes)?;
-        tracing::info!(role = "probe", path = %path.display(), digest = %file.digest, "component loaded");
-        Ok(Self {
-            runtime,
-            path: Arc::new(path.to_owned()),
-            current: Arc::new(ArcSwap::from_pointee(Loaded {
-                pre,
-                digest: file.digest,
-            })),
-        })
+        let swappable = Arc::new(Swappable::load(
+            runtime.clone(),
+            path,
+            Role::Probe,
+            prepare,
+        )?);
+        Ok(Self { runtime, swappable })
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        self.swappable.path()
+    }
+
+    /// The component, for reloading.
+    pub fn reloadable(&self) -> Arc<Swappable<ProbePre<HostState>>> {
+        self.swappable.clone()
     }
 }
 
@@ -98,29 +96,6 @@ fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<ProbePre<Host
 /// check --role probe` does.
 pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     prepare(runtime, path, bytes).map(drop)
-}
-
-impl Reloadable for ProbeComponent {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn role(&self) -> Role {
-        Role::Probe
-    }
-
-    fn digest(&self) -> String {
-        self.current.load().digest.clone()
-    }
-
-    fn replace(&self, file: ComponentFile) -> anyhow::Result<()> {
-        let pre = prepare(&self.runtime, &self.path, &file.bytes)?;
-        self.current.store(Arc::new(Loaded {
-            pre,
-            digest: file.digest,
-        }));
-        Ok(())
-    }
 }
 
 /// How each probe run behaves.
@@ -455,7 +430,7 @@ impl Prober {
         store: &mut wasmtime::Store<HostState>,
     ) -> wasmtime::Result<Result<bindings::pulse::probe::types::Report, ProbeError>> {
         let started = Instant::now();
-        let pre = self.component.current.load().pre.clone();
+        let pre = self.component.swappable.current();
         let probe = pre.instantiate_async(&mut *store).await?;
         self.metrics.instantiation("probe", started.elapsed());
         let deadline = u64::try_from(self.options.timeout.as_nanos()).unwrap_or(u64::MAX);

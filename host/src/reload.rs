@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::engine::{ComponentFile, Role, Runtime};
+use crate::engine::{ComponentFile, LoadError, Role, Runtime};
 use crate::metrics::Metrics;
 
 /// How long the files must be quiet before a reload, so that a file being
@@ -33,6 +34,67 @@ pub trait Reloadable: Send + Sync {
     /// Compiles and checks `file` and, if it fits the role, swaps it in.
     /// Slow (it may compile): call it off the async threads.
     fn replace(&self, file: ComponentFile) -> anyhow::Result<()>;
+}
+
+/// Turns component bytes (read from a path) into what a role runs: compile,
+/// link and check the world.
+pub type Prepare<P> = fn(&Runtime, &Path, &[u8]) -> Result<P, LoadError>;
+
+/// A component in use by one role, swappable while in use: readers take the
+/// current pre-instantiated component, [`Reloadable::replace`] stores a new
+/// one; work that took the old one finishes on it.
+pub struct Swappable<P> {
+    runtime: Arc<Runtime>,
+    path: PathBuf,
+    role: Role,
+    prepare: Prepare<P>,
+    current: ArcSwap<(P, String)>,
+}
+
+impl<P: Clone + Send + Sync + 'static> Swappable<P> {
+    /// Reads and prepares the component at `path` for `role`.
+    pub fn load(
+        runtime: Arc<Runtime>,
+        path: &Path,
+        role: Role,
+        prepare: Prepare<P>,
+    ) -> Result<Self, LoadError> {
+        let file = runtime.read(path, role)?;
+        let pre = prepare(&runtime, path, &file.bytes)?;
+        tracing::info!(role = role.name(), path = %path.display(), digest = %file.digest, "component loaded");
+        Ok(Self {
+            runtime,
+            path: path.to_owned(),
+            role,
+            prepare,
+            current: ArcSwap::from_pointee((pre, file.digest)),
+        })
+    }
+
+    /// The component in use now.
+    pub fn current(&self) -> P {
+        self.current.load().0.clone()
+    }
+}
+
+impl<P: Clone + Send + Sync + 'static> Reloadable for Swappable<P> {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn digest(&self) -> String {
+        self.current.load().1.clone()
+    }
+
+    fn replace(&self, file: ComponentFile) -> anyhow::Result<()> {
+        let pre = (self.prepare)(&self.runtime, &self.path, &file.bytes)?;
+        self.current.store(Arc::new((pre, file.digest)));
+        Ok(())
+    }
 }
 
 /// Watches the files of `components` and reloads each that changes, for as

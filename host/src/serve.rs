@@ -22,14 +22,13 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -45,10 +44,10 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
-use crate::engine::{is_deadline, ComponentFile, HostState, LoadError, Role, Runtime, StoreSetup};
+use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
 use crate::metrics::Metrics;
 use crate::outbound::AllowList;
-use crate::reload::Reloadable;
+use crate::reload::Swappable;
 
 /// The header that carries the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -70,22 +69,16 @@ pub struct ServeOptions {
     pub outbound: Arc<AllowList>,
 }
 
-/// The handler component in use.
-struct Loaded {
-    pre: ProxyPre<HostState>,
-    digest: String,
-}
-
 /// A loaded handler component, ready to serve; it can be replaced while
 /// serving (see [`crate::reload`]).
 pub struct Handler {
     runtime: Arc<Runtime>,
-    path: PathBuf,
-    current: ArcSwap<Loaded>,
+    component: Arc<Swappable<ProxyPre<HostState>>>,
     slots: Semaphore,
     options: ServeOptions,
     metrics: Arc<Metrics>,
-    component: Arc<str>,
+    /// The component's name in logs (its file stem).
+    name: Arc<str>,
     next_id: AtomicU64,
     id_prefix: u32,
 }
@@ -98,10 +91,13 @@ impl Handler {
         options: ServeOptions,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
-        let file = runtime.read(path, Role::Handler)?;
-        let pre = prepare(&runtime, path, &file.bytes)?;
-        tracing::info!(role = "handler", path = %path.display(), digest = %file.digest, "component loaded");
-        let component = path
+        let component = Arc::new(Swappable::load(
+            runtime.clone(),
+            path,
+            Role::Handler,
+            prepare,
+        )?);
+        let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "handler".into());
@@ -114,15 +110,11 @@ impl Handler {
             ^ std::process::id();
         Ok(Self {
             runtime,
-            path: path.to_owned(),
-            current: ArcSwap::from_pointee(Loaded {
-                pre,
-                digest: file.digest,
-            }),
+            component,
             slots: Semaphore::new(options.max_concurrency.max(1)),
             options,
             metrics,
-            component: component.into(),
+            name: name.into(),
             next_id: AtomicU64::new(1),
             id_prefix,
         })
@@ -201,7 +193,7 @@ impl Handler {
                 json_error(StatusCode::BAD_REQUEST, &reason, id)
             }
             Err(GuestFailure::Guest(error)) => {
-                tracing::error!(request_id = id, %method, %path, component = &*self.component,
+                tracing::error!(request_id = id, %method, %path, component = &*self.name,
                     error = format!("{error:#}"), "handler component failed");
                 json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -210,7 +202,7 @@ impl Handler {
                 )
             }
             Err(GuestFailure::Timeout) => {
-                tracing::error!(request_id = id, %method, %path, component = &*self.component,
+                tracing::error!(request_id = id, %method, %path, component = &*self.name,
                     timeout_ms = self.options.request_timeout.as_millis() as u64,
                     "handler component did not respond in time; stopped it");
                 json_error(
@@ -229,7 +221,7 @@ impl Handler {
     ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
         let timeout = self.options.request_timeout;
         let mut store = self.runtime.new_store(StoreSetup {
-            component: self.component.clone(),
+            component: self.name.clone(),
             request_id: Some(Arc::from(id)),
             outbound: self.options.outbound.clone(),
             deadline: Instant::now() + timeout,
@@ -245,7 +237,7 @@ impl Handler {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| GuestFailure::Guest(e.into()))?;
-        let pre = self.current.load().pre.clone();
+        let pre = self.component.current();
         let metrics = self.metrics.clone();
         // The guest may go on streaming the body after it sets the response,
         // so it runs in its own task while this one awaits the response. The
@@ -305,26 +297,10 @@ pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<(), LoadErr
     prepare(runtime, path, bytes).map(drop)
 }
 
-impl Reloadable for Handler {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn role(&self) -> Role {
-        Role::Handler
-    }
-
-    fn digest(&self) -> String {
-        self.current.load().digest.clone()
-    }
-
-    fn replace(&self, file: ComponentFile) -> anyhow::Result<()> {
-        let pre = prepare(&self.runtime, &self.path, &file.bytes)?;
-        self.current.store(Arc::new(Loaded {
-            pre,
-            digest: file.digest,
-        }));
-        Ok(())
+impl Handler {
+    /// The handler component, for reloading.
+    pub fn component(&self) -> Arc<Swappable<ProxyPre<HostState>>> {
+        self.component.clone()
     }
 }
 

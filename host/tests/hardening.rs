@@ -19,18 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const RSS_BOUND: u64 = 200 * 1024 * 1024;
 
 async fn serve_faulty(extra: &[&str]) -> (Pulse, SocketAddr) {
-    let faulty = component("faulty");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        faulty.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let mut pulse = Pulse::spawn(&args);
-    let addr = pulse.listening_addr().await;
-    (pulse, addr)
+    common::serve_with(&component("faulty"), extra).await
 }
 
 /// The healthy path answers, and within a second.

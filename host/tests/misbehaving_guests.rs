@@ -9,18 +9,7 @@ use hyper::{Method, StatusCode};
 use serde_json::Value;
 
 async fn serve_faulty(extra: &[&str]) -> (Pulse, std::net::SocketAddr) {
-    let faulty = component("faulty");
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        faulty.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let mut pulse = Pulse::spawn(&args);
-    let addr = pulse.listening_addr().await;
-    (pulse, addr)
+    common::serve_with(&component("faulty"), extra).await
 }
 
 async fn assert_still_serving(addr: std::net::SocketAddr) {

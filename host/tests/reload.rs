@@ -34,17 +34,7 @@ fn rename_over(source: &Path, path: &Path) {
 }
 
 async fn serve(handler: &Path, extra: &[&str]) -> (Pulse, std::net::SocketAddr) {
-    let mut args = vec![
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        handler.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let mut pulse = Pulse::spawn(&args);
-    let addr = pulse.listening_addr().await;
-    (pulse, addr)
+    common::serve_with(handler, extra).await
 }
 
 async fn body(addr: std::net::SocketAddr) -> String {

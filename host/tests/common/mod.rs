@@ -26,6 +26,22 @@ pub fn pulse_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pulse"))
 }
 
+/// Starts `pulse serve` on `127.0.0.1:0` with `handler` and `extra`
+/// flags; returns it once it listens, with its address.
+pub async fn serve_with(handler: &Path, extra: &[&str]) -> (Pulse, SocketAddr) {
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        handler.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let mut pulse = Pulse::spawn(&args);
+    let addr = pulse.listening_addr().await;
+    (pulse, addr)
+}
+
 /// A built component, `health` or `probe`, from `target/components` (or
 /// `$PULSE_TEST_COMPONENTS`).
 pub fn component(name: &str) -> PathBuf {
