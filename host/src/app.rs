@@ -73,7 +73,13 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(args) => {
-            let settings = config::handler(&start.sub, &args, &start.file, &start.source)?;
+            let settings = config::handler(
+                &start.sub,
+                &args,
+                &cli.component_env,
+                &start.file,
+                &start.source,
+            )?;
             let handler = start.load_handler(&settings)?;
             let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
             let shutdown = Shutdown::on_signals();
@@ -84,6 +90,7 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Schedule(args) => {
             let flags = ProbeFlags {
                 component: args.probe.probe.as_ref(),
+                component_env: &cli.component_env,
                 target: Some(&args.probe.target),
                 tuning: &args.probe.tuning,
                 when: Some(&args.when),
@@ -99,6 +106,7 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Probe(args) => {
             let flags = ProbeFlags {
                 component: args.probe.as_ref(),
+                component_env: &cli.component_env,
                 target: Some(&args.target),
                 tuning: &args.tuning,
                 when: None,
@@ -119,10 +127,16 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Run(args) => {
-            let handler_settings =
-                config::handler(&start.sub, &args.serve, &start.file, &start.source)?;
+            let handler_settings = config::handler(
+                &start.sub,
+                &args.serve,
+                &cli.component_env,
+                &start.file,
+                &start.source,
+            )?;
             let flags = ProbeFlags {
                 component: args.probe.as_ref(),
+                component_env: &cli.component_env,
                 target: args.target.as_deref(),
                 tuning: &args.tuning,
                 when: Some(&args.when),

@@ -47,6 +47,18 @@ pub struct Cli {
     #[arg(long, env = "PULSE_CACHE_DIR", global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// Environment variables every component sees, KEY=VALUE, comma-
+    /// separated or repeated. Default: none; components see no variable of
+    /// pulse's own environment.
+    #[arg(
+        long,
+        env = "PULSE_COMPONENT_ENV",
+        global = true,
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub component_env: Vec<String>,
+
     /// Do not watch component files for changes (SIGHUP still reloads).
     #[arg(long, env = "PULSE_NO_WATCH", global = true)]
     pub no_watch: bool,

@@ -63,6 +63,7 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct HandlerSection {
     pub component: Option<PathBuf>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
     pub listen: Option<SocketAddr>,
     pub max_concurrency: Option<u32>,
     pub request_timeout: Option<String>,
@@ -78,6 +79,7 @@ pub struct HandlerSection {
 pub struct ProbeSection {
     pub name: String,
     pub component: PathBuf,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
     pub target: Option<String>,
     pub schedule: Option<String>,
     pub time_zone: Option<String>,
@@ -182,6 +184,24 @@ pub fn max_memory(
     )
 }
 
+/// The environment a component sees: the section's `env`, then the
+/// `--component-env` entries (which win for the same key).
+pub fn component_env(
+    flag: &[String],
+    section: Option<&std::collections::BTreeMap<String, String>>,
+) -> anyhow::Result<Arc<Vec<(String, String)>>> {
+    let mut env: std::collections::BTreeMap<String, String> = section.cloned().unwrap_or_default();
+    for entry in flag.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                env.insert(key.to_owned(), value.to_owned());
+            }
+            _ => bail!("invalid --component-env {entry:?}: write KEY=VALUE"),
+        }
+    }
+    Ok(Arc::new(env.into_iter().collect()))
+}
+
 /// The cache directory: `--cache-dir` if given, else the file's.
 pub fn cache_dir(flag: Option<&PathBuf>, file: &ConfigFile) -> Option<PathBuf> {
     flag.or(file.cache_dir.as_ref()).cloned()
@@ -200,6 +220,7 @@ pub fn admin_listen(matches: &ArgMatches, flag: SocketAddr, file: &ConfigFile) -
 pub fn handler(
     matches: &ArgMatches,
     args: &ServeArgs,
+    component_env_flag: &[String],
     file: &ConfigFile,
     source: &str,
 ) -> anyhow::Result<HandlerSettings> {
@@ -280,6 +301,7 @@ pub fn handler(
             &allow_texts,
             "--handler-allow-outbound",
         )?)),
+        env: component_env(component_env_flag, section.env.as_ref())?,
     };
     let listen = match section.listen {
         Some(address) if !explicit(matches, "listen") => address,
@@ -295,6 +317,7 @@ pub fn handler(
 /// The flag-side view of one probe: which component and target flags say.
 pub struct ProbeFlags<'a> {
     pub component: Option<&'a PathBuf>,
+    pub component_env: &'a [String],
     pub target: Option<&'a str>,
     pub tuning: &'a ProbeTuning,
     pub when: Option<&'a WhenArgs>,
@@ -398,6 +421,7 @@ fn probe(
         )?,
         allow_outbound: rules(&allow_texts, "--allow-outbound")
             .map_err(|e| anyhow!("{where_}: {e}"))?,
+        env: component_env(flags.component_env, section.env.as_ref())?,
     };
     let defaults = WhenArgs::defaults();
     let when = flags.when.unwrap_or(&defaults);

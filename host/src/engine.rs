@@ -223,6 +223,8 @@ pub struct StoreSetup {
     pub outbound: Arc<AllowList>,
     /// When the guest is stopped if it is still running.
     pub deadline: Instant,
+    /// The environment variables the guest sees.
+    pub env: Arc<Vec<(String, String)>>,
 }
 
 impl WasiView for HostState {
@@ -351,12 +353,15 @@ impl Runtime {
     }
 
     /// A fresh store for one request or one firing. The guest gets no
-    /// arguments, no environment, no files and no sockets; its stdout and
+    /// arguments, no files and no sockets, and only the environment
+    /// variables it was configured with; its stdout and
     /// stderr go to the log; its outgoing HTTP goes only where
     /// `setup.outbound` allows; it yields at every epoch tick and is stopped
     /// at the first tick past `setup.deadline`.
     pub fn new_store(&self, setup: StoreSetup) -> Store<HostState> {
-        let wasi = WasiCtx::builder()
+        let mut wasi = WasiCtx::builder();
+        wasi.envs(&setup.env);
+        let wasi = wasi
             .stdout(GuestLog::new(
                 setup.component.clone(),
                 setup.request_id.clone(),

@@ -109,6 +109,8 @@ pub struct ProbeOptions {
     pub retry_backoff: Duration,
     /// Destinations allowed besides the target itself.
     pub allow_outbound: Vec<AllowRule>,
+    /// The environment variables the probe sees.
+    pub env: Arc<Vec<(String, String)>>,
 }
 
 /// A probe component aimed at one target, under a name for logs and
@@ -377,6 +379,7 @@ impl Prober {
             request_id: None,
             outbound: self.outbound.clone(),
             deadline: started + limit,
+            env: self.options.env.clone(),
         });
         let result = tokio::time::timeout(limit, self.call(&mut store)).await;
         let waited_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// Where the handler may send outgoing HTTP.
     pub outbound: Arc<AllowList>,
+    /// The environment variables the handler sees.
+    pub env: Arc<Vec<(String, String)>>,
 }
 
 /// A loaded handler component, ready to serve; it can be replaced while
@@ -225,6 +227,7 @@ impl Handler {
             request_id: Some(Arc::from(id)),
             outbound: self.options.outbound.clone(),
             deadline: Instant::now() + timeout,
+            env: self.options.env.clone(),
         });
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store

@@ -395,3 +395,31 @@ async fn bad_allow_list_entries_are_rejected_by_name() {
         finished.stderr
     );
 }
+
+#[tokio::test]
+async fn components_see_only_the_environment_they_are_given() {
+    let (_pulse, addr) = serve_faulty(&[]).await;
+    for name in ["HOME", "PATH", "PULSE_LOG_FORMAT"] {
+        let (_, _, body) = http(addr, Method::GET, &format!("/env?name={name}")).await;
+        assert_eq!(&body[..], b"unset\n", "{name} leaked into the component");
+    }
+    let (_pulse, addr) = serve_faulty(&["--component-env", "GREETING=hello,EMPTY="]).await;
+    let (_, _, body) = http(addr, Method::GET, "/env?name=GREETING").await;
+    assert_eq!(&body[..], b"hello\n");
+    let (_, _, body) = http(addr, Method::GET, "/env?name=EMPTY").await;
+    assert_eq!(&body[..], b"\n");
+
+    let bad = run_in(
+        pulse_command(),
+        &[
+            "serve",
+            "--handler",
+            component("faulty").to_str().unwrap(),
+            "--component-env",
+            "NOEQUALS",
+        ],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(bad.stderr.contains("NOEQUALS"), "{}", bad.stderr);
+}

@@ -11,6 +11,7 @@
 //! - `/body` reads the whole request body and answers with its length;
 //! - `/fetch?url=U` sends `GET U` and answers 200 with its status, or 502
 //!   with the error code;
+//! - `/env?name=N` answers with the environment variable N, or `unset`;
 //! - `/print` writes lines to stdout and stderr, one of them 100 KB long;
 //! - anything else answers 200 `{"status":"ok"}`.
 //!
@@ -151,6 +152,11 @@ impl Handler for Faulty {
                 Ok(status) => respond(response_out, 200, format!("{status}\n").as_bytes()),
                 Err(code) => respond(response_out, 502, format!("{code:?}\n").as_bytes()),
             },
+            "/env" => {
+                let name = query_value(&path, "name").unwrap_or("");
+                let value = std::env::var(name).unwrap_or_else(|_| "unset".into());
+                respond(response_out, 200, format!("{value}\n").as_bytes());
+            }
             "/print" => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
