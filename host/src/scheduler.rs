@@ -219,6 +219,8 @@ pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdo
             () = &mut stop => break,
         }
     }
+    // Reap the runs that have already ended, so the count below is true.
+    while runs.try_join_next().is_some() {}
     if !runs.is_empty() {
         tracing::info!(
             probe = prober.name(),
