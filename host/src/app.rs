@@ -45,14 +45,24 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
         return next_command(args);
     }
     let max_memory = config::max_memory(&sub, cli.max_memory, &file, &source)?;
-    let handler_slots = match &cli.command {
-        Command::Serve(args) => args.max_concurrency,
-        Command::Run(args) => args.serve.max_concurrency,
-        _ => 0,
+    // The handler's settings come first: the instance pool is sized by the
+    // concurrency they settle on, flag or config file.
+    let serve_args = match &cli.command {
+        Command::Serve(args) => Some(args),
+        Command::Run(args) => Some(&args.serve),
+        _ => None,
     };
+    let handler_settings = serve_args
+        .map(|args| config::handler(&sub, args, &cli.component_env, &file, &source))
+        .transpose()?;
+    let handler_slots = handler_settings
+        .as_ref()
+        .map_or(0, |settings| settings.options.max_concurrency);
     let limits = GuestLimits {
         max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
-        max_instances: handler_slots.saturating_add(PROBE_INSTANCES),
+        max_instances: u32::try_from(handler_slots)
+            .unwrap_or(u32::MAX)
+            .saturating_add(PROBE_INSTANCES),
     };
     let cache_dir = config::cache_dir(cli.cache_dir.as_ref(), &file);
     let runtime = Arc::new(
@@ -73,13 +83,7 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Serve(args) => {
-            let settings = config::handler(
-                &start.sub,
-                &args,
-                &cli.component_env,
-                &start.file,
-                &start.source,
-            )?;
+            let settings = handler_settings.context("internal: serve without handler settings")?;
             let handler = start.load_handler(&settings)?;
             let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
             let shutdown = Shutdown::on_signals();
@@ -127,13 +131,8 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Run(args) => {
-            let handler_settings = config::handler(
-                &start.sub,
-                &args.serve,
-                &cli.component_env,
-                &start.file,
-                &start.source,
-            )?;
+            let handler_settings =
+                handler_settings.context("internal: run without handler settings")?;
             let flags = ProbeFlags {
                 component: args.probe.as_ref(),
                 component_env: &cli.component_env,
@@ -146,11 +145,14 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             let components = start.load_probe_components(&probe_settings)?;
             let listener = bind(handler_settings.listen, "--listen", "PULSE_LISTEN").await?;
             let own = own_health_url(listener.local_addr()?)?;
-            let probers = start.aim(probe_settings, components, Some(own))?;
+            let probers = start.aim(probe_settings, components.clone(), Some(own))?;
             let shutdown = Shutdown::on_signals();
             start
                 .admin(args.serve.admin.admin_listen, &shutdown)
                 .await?;
+            let mut watched: Vec<Arc<dyn Reloadable>> = vec![handler.component()];
+            watched.extend(reloadable_probes(&components));
+            start.watch(watch, watched)?;
             let serving = serve::serve(listener, handler, shutdown.clone().wait());
             let scheduling = schedule_all(probers, shutdown);
             let (served, ()) = tokio::join!(serving, scheduling);

@@ -283,6 +283,12 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         start_epoch_ticker(&engine)?;
+        tracing::info!(
+            instance_pool = limits.max_instances,
+            max_memory = limits.max_memory,
+            compilation_cache = cache_dir.map(|d| d.display().to_string()),
+            "WebAssembly engine ready"
+        );
         Ok(Self {
             engine,
             linker,

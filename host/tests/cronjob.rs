@@ -491,3 +491,25 @@ async fn the_shipped_probe_config_is_valid() {
     let line: Value = serde_json::from_str(finished.stdout.trim()).unwrap();
     assert_eq!(line["probe"], "api");
 }
+
+#[tokio::test]
+async fn the_instance_pool_follows_the_concurrency_the_config_file_sets() {
+    let health = component("health");
+    let config = write_config(
+        "pool",
+        &format!(
+            "[handler]\ncomponent = \"{}\"\nlisten = \"127.0.0.1:0\"\nmax_concurrency = 300\n",
+            health.display()
+        ),
+    );
+    let mut pulse = Pulse::spawn(&["serve", "--config", config.to_str().unwrap()]);
+    let ready = pulse
+        .wait_for_stderr(|l| l["message"] == "WebAssembly engine ready")
+        .await;
+    assert_eq!(ready["instance_pool"], 300 + 32, "{ready}");
+    let addr = pulse.listening_addr().await;
+    assert_eq!(
+        http(addr, Method::GET, "/healthcheck").await.0,
+        StatusCode::OK
+    );
+}

@@ -226,6 +226,28 @@ async fn the_kubelet_configmap_symlink_swap_is_seen() {
 }
 
 #[tokio::test]
+async fn pulse_run_swaps_its_handler_too() {
+    let dir = scratch_dir("run");
+    let handler = dir.join("handler.wasm");
+    std::fs::copy(component("health"), &handler).unwrap();
+    let probe = component("probe");
+    let mut pulse = Pulse::spawn(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        handler.to_str().unwrap(),
+        "--probe",
+        probe.to_str().unwrap(),
+    ]);
+    let addr = pulse.listening_addr().await;
+    assert!(body(addr).await.contains(HEALTH_BODY));
+    rename_over(&component("faulty"), &handler);
+    let took = wait_for_body(addr, FAULTY_BODY).await;
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+}
+
+#[tokio::test]
 async fn sighup_reloads_when_watching_is_off() {
     let dir = scratch_dir("sighup");
     let handler = dir.join("handler.wasm");
