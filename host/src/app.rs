@@ -308,7 +308,7 @@ async fn schedule_all(probers: Vec<(Prober, ProbeSettings)>, shutdown: Shutdown)
     futures_join_all(schedulers).await;
 }
 
-/// Awaits every future (few, so a JoinSet-free loop of spawned tasks).
+/// Runs every future as a task of its own and waits for them all.
 async fn futures_join_all<F>(futures: impl Iterator<Item = F>)
 where
     F: std::future::Future<Output = ()> + Send + 'static,

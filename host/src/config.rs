@@ -157,6 +157,15 @@ where
     }
 }
 
+/// The flag's value if given explicitly, else the file's, else the flag's
+/// default: [`pick`] for values that need no parsing.
+fn chosen<T: Clone>(matches: &ArgMatches, id: &str, flag_value: T, file_value: Option<&T>) -> T {
+    match file_value {
+        Some(value) if !explicit(matches, id) => value.clone(),
+        _ => flag_value,
+    }
+}
+
 fn rules(texts: &[String], flag: &str) -> anyhow::Result<Vec<AllowRule>> {
     texts
         .iter()
@@ -209,10 +218,7 @@ pub fn cache_dir(flag: Option<&PathBuf>, file: &ConfigFile) -> Option<PathBuf> {
 
 /// The admin address: `--admin-listen` if explicit, else the file's.
 pub fn admin_listen(matches: &ArgMatches, flag: SocketAddr, file: &ConfigFile) -> SocketAddr {
-    match file.admin_listen {
-        Some(address) if !explicit(matches, "admin_listen") => address,
-        _ => flag,
-    }
+    chosen(matches, "admin_listen", flag, file.admin_listen.as_ref())
 }
 
 /// The handler settings from `args` (whose matches are `matches`) and the
@@ -236,15 +242,12 @@ pub fn handler(
     };
     let duration = |s: &String| parse_duration(s);
     let size = |s: &String| parse_size(s);
-    let allow_texts = pick(
+    let allow_texts = chosen(
         matches,
         "handler_allow_outbound",
         args.handler_allow_outbound.clone(),
         section.allow_outbound.as_ref(),
-        |v: &Vec<String>| Ok(v.clone()),
-        &where_,
-        "allow_outbound",
-    )?;
+    );
     let options = ServeOptions {
         max_concurrency: pick(
             matches,
@@ -303,10 +306,7 @@ pub fn handler(
         )?)),
         env: component_env(component_env_flag, section.env.as_ref())?,
     };
-    let listen = match section.listen {
-        Some(address) if !explicit(matches, "listen") => address,
-        _ => args.listen,
-    };
+    let listen = chosen(matches, "listen", args.listen, section.listen.as_ref());
     Ok(HandlerSettings {
         component,
         listen,
@@ -382,15 +382,12 @@ fn probe(
     let target = target_text
         .map(|text| Target::parse(&text).map_err(|e| anyhow!("{where_}: target: {e}")))
         .transpose()?;
-    let allow_texts = pick(
+    let allow_texts = chosen(
         matches,
         "allow_outbound",
         tuning.allow_outbound.clone(),
         section.allow_outbound.as_ref(),
-        |v: &Vec<String>| Ok(v.clone()),
-        where_,
-        "allow_outbound",
-    )?;
+    );
     let options = ProbeOptions {
         timeout: pick(
             matches,
@@ -401,15 +398,7 @@ fn probe(
             where_,
             "timeout",
         )?,
-        retries: pick(
-            matches,
-            "retries",
-            tuning.retries,
-            section.retries.as_ref(),
-            |n: &u32| Ok(*n),
-            where_,
-            "retries",
-        )?,
+        retries: chosen(matches, "retries", tuning.retries, section.retries.as_ref()),
         retry_backoff: pick(
             matches,
             "retry_backoff",
@@ -425,59 +414,41 @@ fn probe(
     };
     let defaults = WhenArgs::defaults();
     let when = flags.when.unwrap_or(&defaults);
-    let expression = pick(
+    let expression = chosen(
         matches,
         "schedule",
         when.schedule.clone(),
         section.schedule.as_ref(),
-        |s: &String| Ok(s.clone()),
-        where_,
-        "schedule",
-    )?;
-    let zone_name = pick(
+    );
+    let zone_name = chosen(
         matches,
         "time_zone",
         when.time_zone.clone(),
         section.time_zone.as_ref(),
-        |s: &String| Ok(s.clone()),
-        where_,
-        "time_zone",
-    )?;
+    );
     let zone = parse_time_zone(&zone_name).map_err(|e| anyhow!("{where_}: {e}"))?;
     let schedule = Schedule::parse(&expression, zone).map_err(|e| anyhow!("{where_}: {e}"))?;
     let policy = Policy {
-        concurrency: pick(
+        concurrency: chosen(
             matches,
             "concurrency_policy",
             when.concurrency_policy,
             section.concurrency_policy.as_ref(),
-            |p| Ok(*p),
-            where_,
-            "concurrency_policy",
-        )?,
-        starting_deadline: match section.starting_deadline_seconds {
-            Some(seconds) if !explicit(matches, "starting_deadline_seconds") => Some(seconds),
-            _ => when.starting_deadline_seconds,
-        }
-        .map(Duration::from_secs),
-        suspend: pick(
+        ),
+        starting_deadline: chosen(
             matches,
-            "suspend",
-            when.suspend,
-            section.suspend.as_ref(),
-            |b| Ok(*b),
-            where_,
-            "suspend",
-        )?,
-        run_at_start: pick(
+            "starting_deadline_seconds",
+            when.starting_deadline_seconds,
+            section.starting_deadline_seconds.map(Some).as_ref(),
+        )
+        .map(Duration::from_secs),
+        suspend: chosen(matches, "suspend", when.suspend, section.suspend.as_ref()),
+        run_at_start: chosen(
             matches,
             "run_at_start",
             when.run_at_start,
             section.run_at_start.as_ref(),
-            |b| Ok(*b),
-            where_,
-            "run_at_start",
-        )?,
+        ),
     };
     Ok(ProbeSettings {
         name: section.name.clone(),

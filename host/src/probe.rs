@@ -313,11 +313,6 @@ impl Prober {
             .probe_next_run(&self.name, when.timestamp_millis() as f64 / 1000.0);
     }
 
-    /// The deadline of one attempt.
-    pub fn timeout(&self) -> Duration {
-        self.options.timeout
-    }
-
     /// Runs the probe (retrying transient failures), each attempt on a
     /// fresh instance. Never fails: every failure becomes an `error` record.
     pub async fn run(&self, scheduled_for: Option<DateTime<Tz>>) -> ProbeRecord {

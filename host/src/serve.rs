@@ -173,9 +173,14 @@ impl Handler {
             }
         };
         let limit = self.options.max_request_body;
-        if declared_length(&request).is_some_and(|length| length > limit) {
+        let too_large = || {
             tracing::info!(request_id = id, %method, %path, max_request_body = limit, "request body too large; answered 413");
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, &too_large(limit), id);
+            let message =
+                format!("the request body is larger than the server's limit of {limit} bytes");
+            json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, id)
+        };
+        if declared_length(&request).is_some_and(|length| length > limit) {
+            return too_large();
         }
         let over_limit = Arc::new(AtomicBool::new(false));
         let request = request.map(|body| LimitedBody {
@@ -186,10 +191,7 @@ impl Handler {
         });
         match self.call_guest(request, id).await {
             Ok(response) => response,
-            Err(_) if over_limit.load(Ordering::SeqCst) => {
-                tracing::info!(request_id = id, %method, %path, max_request_body = limit, "request body too large; answered 413");
-                json_error(StatusCode::PAYLOAD_TOO_LARGE, &too_large(limit), id)
-            }
+            Err(_) if over_limit.load(Ordering::SeqCst) => too_large(),
             Err(GuestFailure::BadRequest(reason)) => {
                 tracing::debug!(request_id = id, %method, %path, %reason, "rejected request");
                 json_error(StatusCode::BAD_REQUEST, &reason, id)
@@ -321,10 +323,6 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-fn too_large(limit: u64) -> String {
-    format!("the request body is larger than the server's limit of {limit} bytes")
 }
 
 /// The request body as the guest sees it: it fails once more than `limit`
