@@ -21,18 +21,19 @@ export CONTAINERS_CONF := env_var_or_default("CONTAINERS_CONF", justfile_directo
 default:
     @just --list --unsorted
 
-# Add the Rust targets pulse needs (these machines do not auto-install them) and check for musl-gcc.
+# Install what building needs and is missing: the Rust targets and musl-tools (as root; otherwise print the command).
 setup:
-    #!/usr/bin/env bash
-    set -euo pipefail
-    installed=$(rustup target list --installed)
-    for t in wasm32-wasip2 {{host_target}}; do
-        grep -qx "$t" <<<"$installed" || rustup target add "$t"
-    done
-    if ! command -v musl-gcc >/dev/null; then
-        echo "error: musl-gcc not found; the static host build needs it (Debian: apt-get install musl-tools)" >&2
-        exit 1
-    fi
+    bash ci/setup.sh build
+
+# Install what the tests need and is missing: podman, dnsmasq, wrk, kubernetes-validate, ... (as root; otherwise print the command).
+setup-test:
+    bash ci/setup.sh test
+
+# The fast loop, no root and no containers: formatting, clippy with warnings as errors, unit tests.
+lint:
+    cargo fmt --all --check
+    cargo clippy --locked -p pulse --all-targets -- -D warnings
+    cargo test --locked -p pulse --lib
 
 # Build the components (release, wasm32-wasip2) into target/components/; health and probe also into k8s/base/components/.
 build-components: setup
@@ -54,7 +55,7 @@ run *ARGS: build
         --run-at-start {{ARGS}}
 
 # Run every test: unit, integration (real binary, real components), manifests, and the end-to-end DNS and container tests.
-test: build k8s-check image
+test: setup-test build k8s-check image
     PULSE_TEST_IMAGE={{image}} cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
     python3 ci/bench.py --smoke --pulse {{host_bin}} --health {{components}}/health.wasm
 

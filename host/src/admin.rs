@@ -1,25 +1,45 @@
 //! The admin endpoints, on a port of their own so that no component can
-//! shadow them: `/livez` (the process is up), `/readyz` (components loaded
-//! and not shutting down) and `/metrics`.
+//! shadow them: `/livez` (the process is up), `/readyz` (components loaded,
+//! the handler not saturated, and not shutting down) and `/metrics`.
+//!
+//! The port is served by the same accept loop as the main port
+//! ([`crate::accept`]), with a small connection cap and short timeouts of
+//! its own: its clients (the kubelet, Prometheus) send one small request
+//! at a time, so nothing a client does on either port can make `/livez`
+//! unreachable.
 
-use std::convert::Infallible;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::server::conn::http1;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::accept::{self, PortLimits};
+use crate::pace::Pace;
+use crate::serve::Saturation;
 use crate::shutdown::Shutdown;
 
+/// Connections the admin port holds at once.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// Time an admin client has to send its request headers, and the longest a
+/// kept-alive admin connection may sit idle.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long every handler slot must stay busy before `/readyz` says so.
+pub const SATURATION_GRACE: Duration = Duration::from_secs(1);
+
 /// Whether this process should get traffic: ready once its components are
-/// loaded, and no longer once shutdown has begun.
+/// loaded, not while every handler slot has been busy for longer than
+/// [`SATURATION_GRACE`], and no longer once shutdown has begun.
 #[derive(Clone, Debug)]
 pub struct Readiness {
     loaded: Arc<AtomicBool>,
+    saturation: Option<Arc<Saturation>>,
     shutdown: Shutdown,
 }
 
@@ -28,8 +48,15 @@ impl Readiness {
     pub fn new(shutdown: Shutdown) -> Self {
         Self {
             loaded: Arc::new(AtomicBool::new(false)),
+            saturation: None,
             shutdown,
         }
+    }
+
+    /// Also not ready while the handler behind `saturation` is saturated.
+    pub fn with_saturation(mut self, saturation: Arc<Saturation>) -> Self {
+        self.saturation = Some(saturation);
+        self
     }
 
     /// Marks the components as loaded and serving.
@@ -38,38 +65,49 @@ impl Readiness {
     }
 
     /// Whether the process is ready, and if not, why.
-    pub fn check(&self) -> Result<(), &'static str> {
+    pub fn check(&self) -> Result<(), String> {
         if self.shutdown.is_requested() {
-            Err("shutting down")
-        } else if !self.loaded.load(Ordering::SeqCst) {
-            Err("components not loaded yet")
-        } else {
-            Ok(())
+            return Err("shutting down".into());
+        }
+        if !self.loaded.load(Ordering::SeqCst) {
+            return Err("components not loaded yet".into());
+        }
+        let full_for = self.saturation.as_ref().and_then(|s| s.full_for());
+        match full_for {
+            Some(busy) if busy >= SATURATION_GRACE => Err(format!(
+                "every handler slot has been busy for {} ms (--max-concurrency)",
+                busy.as_millis()
+            )),
+            _ => Ok(()),
         }
     }
 }
 
-/// Serves the admin endpoints on `listener` for as long as the process runs.
-pub fn spawn(listener: TcpListener, readiness: Readiness, metrics: Arc<crate::metrics::Metrics>) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let readiness = readiness.clone();
-            let metrics = metrics.clone();
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let answer = answer(request.uri().path(), &readiness, &metrics);
-                    async move { Ok::<_, Infallible>(answer) }
-                });
-            tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+/// Serves the admin endpoints on `listener` until `stop` resolves (the end
+/// of the process, normally: `/readyz` must go on answering 503 while the
+/// main port drains).
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Readiness,
+    metrics: Arc<crate::metrics::Metrics>,
+    stop: impl Future<Output = ()>,
+) {
+    let limits = PortLimits {
+        name: "admin",
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+        pace: Pace {
+            grace: HEADER_TIMEOUT,
+            min_rate: 1024,
+        },
+        shutdown_grace: Duration::from_secs(1),
+    };
+    let answering = metrics.clone();
+    let service = move |request: Request<hyper::body::Incoming>| {
+        let answer = answer(request.uri().path(), &readiness, &answering);
+        async move { answer }
+    };
+    accept::serve(listener, limits, metrics, service, stop).await;
 }
 
 fn answer(

@@ -14,6 +14,7 @@ use crate::admin::{self, Readiness};
 use crate::cli::{CheckArgs, CheckRole, Cli, Command, NextArgs};
 use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
 use crate::engine::{GuestLimits, Role, Runtime, PROBE_INSTANCES};
+use crate::memory::{self, BudgetSource};
 use crate::metrics::Metrics;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
 use crate::reload::{self, Reloadable};
@@ -65,15 +66,24 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             .saturating_add(PROBE_INSTANCES),
     };
     let cache_dir = config::cache_dir(cli.cache_dir.as_ref(), &file);
+    let metrics = Arc::new(Metrics::new());
+    let (budget, budget_source) = match config::memory_budget(cli.memory_budget, &file, &source)? {
+        Some(bytes) => (bytes, BudgetSource::Configured),
+        None => memory::default_budget(),
+    };
+    tracing::debug!(memory_budget = budget, source = ?budget_source, "guest memory budget");
     let runtime = Arc::new(
-        Runtime::new(limits, cache_dir.as_deref())
-            .context("cannot set up the WebAssembly engine")?,
+        Runtime::new(
+            limits,
+            cache_dir.as_deref(),
+            Arc::new(metrics.memory_budget(budget)),
+        )
+        .context("cannot set up the WebAssembly engine")?,
     );
     if let Command::Check(args) = &cli.command {
         return check_command(&runtime, args);
     }
     let watch = !cli.no_watch;
-    let metrics = Arc::new(Metrics::new());
     let start = Start {
         runtime,
         metrics,
@@ -87,9 +97,10 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             let handler = start.load_handler(&settings)?;
             let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
             let shutdown = Shutdown::on_signals();
-            start.admin(args.admin.admin_listen, &shutdown).await?;
+            let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
+            start.admin(args.admin.admin_listen, readiness).await?;
             start.watch(watch, vec![handler.component()])?;
-            serve::serve(listener, handler, shutdown.wait()).await?;
+            serve::serve(listener, handler, start.metrics.clone(), shutdown.wait()).await?;
         }
         Command::Schedule(args) => {
             let flags = ProbeFlags {
@@ -103,7 +114,9 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             let components = start.load_probe_components(&settings)?;
             let probers = start.aim(settings, components.clone(), None)?;
             let shutdown = Shutdown::on_signals();
-            start.admin(args.admin.admin_listen, &shutdown).await?;
+            start
+                .admin(args.admin.admin_listen, Readiness::new(shutdown.clone()))
+                .await?;
             start.watch(watch, reloadable_probes(&components))?;
             schedule_all(probers, shutdown).await;
         }
@@ -147,13 +160,19 @@ pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
             let own = own_health_url(listener.local_addr()?)?;
             let probers = start.aim(probe_settings, components.clone(), Some(own))?;
             let shutdown = Shutdown::on_signals();
+            let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
             start
-                .admin(args.serve.admin.admin_listen, &shutdown)
+                .admin(args.serve.admin.admin_listen, readiness)
                 .await?;
             let mut watched: Vec<Arc<dyn Reloadable>> = vec![handler.component()];
             watched.extend(reloadable_probes(&components));
             start.watch(watch, watched)?;
-            let serving = serve::serve(listener, handler, shutdown.clone().wait());
+            let serving = serve::serve(
+                listener,
+                handler,
+                start.metrics.clone(),
+                shutdown.clone().wait(),
+            );
             let scheduling = schedule_all(probers, shutdown);
             let (served, ()) = tokio::join!(serving, scheduling);
             served?;
@@ -236,22 +255,28 @@ impl Start {
     /// Starts reloading `components` when their files change (unless
     /// `watch` is off) and on SIGHUP.
     fn watch(&self, watch: bool, components: Vec<Arc<dyn Reloadable>>) -> anyhow::Result<()> {
-        if watch {
-            reload::spawn(components, self.runtime.clone(), self.metrics.clone())
-        } else {
-            reload::spawn_on_sighup_only(components, self.runtime.clone(), self.metrics.clone());
-            Ok(())
-        }
+        reload::spawn(
+            components,
+            watch,
+            self.runtime.clone(),
+            self.metrics.clone(),
+        )
     }
 
     /// Binds the admin port (the file's address unless the flag is
-    /// explicit) and serves /livez, /readyz and /metrics on it.
-    async fn admin(&self, flag: SocketAddr, shutdown: &Shutdown) -> anyhow::Result<()> {
-        let address = config::admin_listen(&self.sub, flag, &self.file);
+    /// explicit) and serves /livez, /readyz and /metrics on it for as long
+    /// as the process runs.
+    async fn admin(&self, flag: Option<SocketAddr>, readiness: Readiness) -> anyhow::Result<()> {
+        let address = config::admin_listen(flag, &self.file);
         let listener = bind(address, "--admin-listen", "PULSE_ADMIN_LISTEN").await?;
-        let readiness = Readiness::new(shutdown.clone());
         readiness.set_loaded();
-        admin::spawn(listener, readiness, self.metrics.clone());
+        let metrics = self.metrics.clone();
+        tokio::spawn(admin::serve(
+            listener,
+            readiness,
+            metrics,
+            std::future::pending(),
+        ));
         Ok(())
     }
 }

@@ -36,6 +36,13 @@ pub struct Cli {
           global = true, value_name = "SIZE")]
     pub max_memory: u64,
 
+    /// Most linear memory all instances together may use (e.g. 192Mi);
+    /// past it a guest's allocation fails. Default: three quarters of the
+    /// container's memory limit (read from its cgroup), else 1Gi.
+    #[arg(long, env = "PULSE_MEMORY_BUDGET", value_parser = parse_size, global = true,
+          value_name = "SIZE")]
+    pub memory_budget: Option<u64>,
+
     /// A pulse.toml with the handler, its limits and any number of named
     /// probes. Flags and environment variables given explicitly override it.
     #[arg(long, env = "PULSE_CONFIG", global = true, value_name = "FILE")]
@@ -169,6 +176,19 @@ pub struct ServeArgs {
     #[arg(long, env = "PULSE_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
+    /// A client that keeps pulse waiting on a request or response body
+    /// longer than this, beyond what --min-body-rate earns it, is cut: 408
+    /// for a request body, a closed connection for a response.
+    #[arg(long, env = "PULSE_BODY_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub body_grace: Duration,
+
+    /// Each byte a client sends or reads earns it 1/RATE more seconds of
+    /// waiting (e.g. 1Ki: a client must move 1 KiB/s on average beyond the
+    /// grace). Time the handler spends not reading or writing never counts.
+    #[arg(long, env = "PULSE_MIN_BODY_RATE", default_value = "1Ki", value_parser = parse_size,
+          value_name = "BYTES_PER_SECOND")]
+    pub min_body_rate: u64,
+
     /// On SIGTERM/SIGINT, how long requests in flight may take to finish
     /// before pulse exits anyway. Keep it below the pod's
     /// terminationGracePeriodSeconds (30s by default).
@@ -193,9 +213,11 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct AdminArgs {
     /// Address and port of the admin endpoints, apart from the component's
-    /// port so that no component can shadow them.
-    #[arg(long, env = "PULSE_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    pub admin_listen: SocketAddr,
+    /// port so that no component can shadow them. Default: 0.0.0.0:9090 in
+    /// a Kubernetes pod (the kubelet and Prometheus reach the pod's IP),
+    /// 127.0.0.1:9090 anywhere else.
+    #[arg(long, env = "PULSE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Flags naming the probe component and what it checks.

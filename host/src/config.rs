@@ -36,6 +36,7 @@ use serde::Deserialize;
 
 use crate::cli::{parse_duration, parse_size, ProbeTuning, ServeArgs, WhenArgs};
 use crate::outbound::{AllowList, AllowRule};
+use crate::pace::Pace;
 use crate::probe::{ProbeOptions, Target};
 use crate::schedule::{parse_time_zone, Schedule};
 use crate::scheduler::{ConcurrencyPolicy, Policy};
@@ -47,6 +48,8 @@ use crate::serve::ServeOptions;
 pub struct ConfigFile {
     /// Linear memory cap per instance, e.g. "128Mi".
     pub max_memory: Option<String>,
+    /// Linear memory of all instances together, e.g. "192Mi".
+    pub memory_budget: Option<String>,
     /// Address of the admin endpoints.
     pub admin_listen: Option<SocketAddr>,
     /// Wasmtime's compilation cache directory.
@@ -69,6 +72,8 @@ pub struct HandlerSection {
     pub request_timeout: Option<String>,
     pub max_request_body: Option<String>,
     pub header_timeout: Option<String>,
+    pub body_grace: Option<String>,
+    pub min_body_rate: Option<String>,
     pub shutdown_grace: Option<String>,
     pub allow_outbound: Option<Vec<String>>,
 }
@@ -193,6 +198,22 @@ pub fn max_memory(
     )
 }
 
+/// The memory budget of all instances: `--memory-budget` if given, else
+/// the file's, else `None` (derive it from the container).
+pub fn memory_budget(
+    flag: Option<u64>,
+    file: &ConfigFile,
+    source: &str,
+) -> anyhow::Result<Option<u64>> {
+    match (flag, &file.memory_budget) {
+        (Some(bytes), _) => Ok(Some(bytes)),
+        (None, Some(text)) => parse_size(text)
+            .map(Some)
+            .map_err(|e| anyhow!("{source}: memory_budget: {e}")),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The environment a component sees: the section's `env`, then the
 /// `--component-env` entries (which win for the same key).
 pub fn component_env(
@@ -216,9 +237,28 @@ pub fn cache_dir(flag: Option<&PathBuf>, file: &ConfigFile) -> Option<PathBuf> {
     flag.or(file.cache_dir.as_ref()).cloned()
 }
 
-/// The admin address: `--admin-listen` if explicit, else the file's.
-pub fn admin_listen(matches: &ArgMatches, flag: SocketAddr, file: &ConfigFile) -> SocketAddr {
-    chosen(matches, "admin_listen", flag, file.admin_listen.as_ref())
+/// The admin address: `--admin-listen` if given, else the file's, else
+/// [`default_admin_listen`].
+pub fn admin_listen(flag: Option<SocketAddr>, file: &ConfigFile) -> SocketAddr {
+    flag.or(file.admin_listen)
+        .unwrap_or_else(|| default_admin_listen(std::env::var_os(IN_KUBERNETES).is_some()))
+}
+
+/// Set by the kubelet in every container of a pod.
+const IN_KUBERNETES: &str = "KUBERNETES_SERVICE_HOST";
+
+/// The admin port's default address: what a pod needs and no wider. In a
+/// pod, every address of the pod's own network namespace (its IP, where the
+/// kubelet's probes and Prometheus come, and the loopback, where `kubectl
+/// port-forward` comes); elsewhere, where the machine's other interfaces
+/// may face any network, the loopback only.
+pub fn default_admin_listen(in_kubernetes: bool) -> SocketAddr {
+    let ip = if in_kubernetes {
+        std::net::Ipv4Addr::UNSPECIFIED
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    };
+    SocketAddr::from((ip, 9090))
 }
 
 /// The handler settings from `args` (whose matches are `matches`) and the
@@ -291,6 +331,26 @@ pub fn handler(
             &where_,
             "header_timeout",
         )?,
+        body_pace: Pace {
+            grace: pick(
+                matches,
+                "body_grace",
+                args.body_grace,
+                section.body_grace.as_ref(),
+                duration,
+                &where_,
+                "body_grace",
+            )?,
+            min_rate: pick(
+                matches,
+                "min_body_rate",
+                args.min_body_rate,
+                section.min_body_rate.as_ref(),
+                size,
+                &where_,
+                "min_body_rate",
+            )?,
+        },
         shutdown_grace: pick(
             matches,
             "shutdown_grace",

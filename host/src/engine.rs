@@ -18,12 +18,13 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
-    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline,
+    PoolingAllocationConfig, Store, UpdateDeadline,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::guest_log::{GuestLog, Stream};
+use crate::memory::{GuestMemory, MemoryBudget, Refusal};
 use crate::outbound::{AllowList, HttpHooks};
 
 /// How often the epoch advances, and so how often a running guest yields.
@@ -190,7 +191,7 @@ pub struct HostState {
     http: WasiHttpCtx,
     hooks: HttpHooks,
     table: ResourceTable,
-    limits: StoreLimits,
+    memory: GuestMemory,
     deadline: Instant,
 }
 
@@ -198,6 +199,11 @@ impl HostState {
     /// The destination this store's guest was last denied, if any.
     pub fn denied_destination(&self) -> Option<&str> {
         self.hooks.denied.as_deref()
+    }
+
+    /// The limit that refused the guest memory, if one did.
+    pub fn memory_refused(&self) -> Option<Refusal> {
+        self.memory.refused()
     }
 }
 
@@ -259,14 +265,20 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     limits: GuestLimits,
+    budget: Arc<MemoryBudget>,
 }
 
 impl Runtime {
     /// Builds the engine (Cranelift, epoch interruption) and a linker with
     /// all of WASI 0.2 and wasi:http, and starts the epoch ticker. With
     /// `cache_dir`, compiled components are kept there by Wasmtime's own
-    /// compilation cache and reused by later starts and reloads.
-    pub fn new(limits: GuestLimits, cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+    /// compilation cache and reused by later starts and reloads. Every
+    /// instance's memory is reserved from `budget`.
+    pub fn new(
+        limits: GuestLimits,
+        cache_dir: Option<&Path>,
+        budget: Arc<MemoryBudget>,
+    ) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&limits)));
@@ -286,6 +298,7 @@ impl Runtime {
         tracing::info!(
             instance_pool = limits.max_instances,
             max_memory = limits.max_memory,
+            memory_budget = budget.limit(),
             compilation_cache = cache_dir.map(|d| d.display().to_string()),
             "WebAssembly engine ready"
         );
@@ -293,6 +306,7 @@ impl Runtime {
             engine,
             linker,
             limits,
+            budget,
         })
     }
 
@@ -384,13 +398,11 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             hooks: HttpHooks::new(setup.outbound, setup.component),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.max_memory)
-                .build(),
+            memory: GuestMemory::new(self.budget.clone(), self.limits.max_memory),
             deadline: setup.deadline,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(|context| {
             if Instant::now() >= context.data().deadline {

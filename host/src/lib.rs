@@ -12,8 +12,14 @@
 //!   loading a component for a role with precise errors.
 //! - [`outbound`]: the outbound HTTP allow-list each component runs under.
 //! - [`guest_log`]: a component's stdout/stderr as tagged, bounded log lines.
-//! - [`serve`]: the hyper server; one fresh store per request, and the
-//!   answers for every way a request can fail.
+//! - [`serve`]: the handler's HTTP server; one fresh store per request, the
+//!   concurrency slots that bound live instances, and the answers for every
+//!   way a request can fail.
+//! - [`accept`]: the accept loop both ports share: connection caps, accept
+//!   backoff, header and idle timeouts, shutdown.
+//! - [`pace`]: the minimum pace of a client sending or reading a body.
+//! - [`memory`]: the per-instance memory cap and the budget of all
+//!   instances together.
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics` on their own port.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`schedule`]: cron expressions (Kubernetes CronJob syntax) in an IANA
@@ -37,6 +43,9 @@
 //! pod's DNS search path applies) and the result is printed as one JSON line
 //! on stdout.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod cli;
@@ -45,8 +54,10 @@ pub mod config;
 pub mod engine;
 pub mod guest_log;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod outbound;
+pub mod pace;
 pub mod probe;
 pub mod reload;
 pub mod schedule;

@@ -34,6 +34,11 @@ struct ProbeOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    port: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     role: String,
     outcome: String,
@@ -58,6 +63,11 @@ pub struct Metrics {
     probe_next_run: Family<ProbeLabels, FloatGauge>,
     probe_duration: Family<ProbeLabels, Histogram, fn() -> Histogram>,
     reloads: Family<ReloadLabels, Counter>,
+    in_flight: Gauge,
+    connections_refused: Family<PortLabels, Counter>,
+    guest_memory: Gauge,
+    guest_memory_budget: Gauge,
+    guest_memory_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -130,8 +140,43 @@ impl Metrics {
             "Component reloads, by role and outcome (loaded, rejected)",
             reloads.clone(),
         );
+        let in_flight = Gauge::default();
+        registry.register(
+            "pulse_http_requests_in_flight",
+            "Requests holding a handler slot now (their instance is alive)",
+            in_flight.clone(),
+        );
+        let connections_refused = Family::<PortLabels, Counter>::default();
+        registry.register(
+            "pulse_connections_refused",
+            "Connections closed at once because the port had its most open connections, by port (main, admin)",
+            connections_refused.clone(),
+        );
+        let guest_memory = Gauge::default();
+        registry.register(
+            "pulse_guest_memory_bytes",
+            "Linear memory reserved by all live instances together",
+            guest_memory.clone(),
+        );
+        let guest_memory_budget = Gauge::default();
+        registry.register(
+            "pulse_guest_memory_budget_bytes",
+            "The most linear memory all instances together may reserve",
+            guest_memory_budget.clone(),
+        );
+        let guest_memory_refused = Counter::default();
+        registry.register(
+            "pulse_guest_memory_refused",
+            "Guest memory growths refused because the budget was used up",
+            guest_memory_refused.clone(),
+        );
         Self {
             registry,
+            in_flight,
+            connections_refused,
+            guest_memory,
+            guest_memory_budget,
+            guest_memory_refused,
             requests,
             request_duration,
             instantiation,
@@ -195,6 +240,29 @@ impl Metrics {
                 probe: probe.into(),
             })
             .set(unix_time);
+    }
+
+    /// The gauge of requests holding a handler slot.
+    pub fn in_flight(&self) -> Gauge {
+        self.in_flight.clone()
+    }
+
+    /// Counts one connection closed because `port` was full.
+    pub fn connection_refused(&self, port: &str) {
+        self.connections_refused
+            .get_or_create(&PortLabels { port: port.into() })
+            .inc();
+    }
+
+    /// A guest memory budget of `limit` bytes whose use these metrics show.
+    pub fn memory_budget(&self, limit: u64) -> crate::memory::MemoryBudget {
+        self.guest_memory_budget
+            .set(i64::try_from(limit).unwrap_or(i64::MAX));
+        crate::memory::MemoryBudget::new(
+            limit,
+            self.guest_memory.clone(),
+            self.guest_memory_refused.clone(),
+        )
     }
 
     /// Counts one reload of a `role` component.

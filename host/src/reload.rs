@@ -1,19 +1,24 @@
 //! Swapping components in a running process. pulse watches the directory
 //! of each component file (so an in-place write, a rename over the file and
 //! the kubelet's `..data` symlink swap of a mounted ConfigMap are all seen)
-//! and also reloads on SIGHUP. A changed file is compiled off the request
+//! and also reloads on SIGHUP. Only events that can change a component's
+//! content wake it (not opens or reads, its own or a neighbour's), a file
+//! whose metadata did not change is not read again, and a busy directory
+//! delays a reload by at most [`MAX_SETTLE`]. A changed file is compiled off the request
 //! path and checked against its role's world, then swapped in atomically:
 //! work already running finishes on the old component, new work gets the
 //! new one. A file that cannot be used is rejected with a log line naming
 //! it and the reason, and the old component keeps serving.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::engine::{ComponentFile, LoadError, Role, Runtime};
@@ -22,6 +27,14 @@ use crate::metrics::Metrics;
 /// How long the files must be quiet before a reload, so that a file being
 /// written is read once it is whole.
 const SETTLE: Duration = Duration::from_millis(150);
+
+/// The longest a reload waits for quiet after the first change: a busy
+/// directory cannot postpone it further.
+const MAX_SETTLE: Duration = Duration::from_secs(1);
+
+/// When to try again after a file could not be read for want of file
+/// descriptors or memory.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A loaded component that can be replaced while in use.
 pub trait Reloadable: Send + Sync {
@@ -97,21 +110,62 @@ impl<P: Clone + Send + Sync + 'static> Reloadable for Swappable<P> {
     }
 }
 
-/// Watches the files of `components` and reloads each that changes, for as
-/// long as the process runs.
+/// Why the reload loop looks at the files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Trigger {
+    /// The content of a watched directory changed: look at files whose
+    /// metadata changed.
+    Files,
+    /// SIGHUP, or a retry: read and hash every file.
+    Everything,
+}
+
+/// Reloads each of `components` whose file changes (when `watch` is on)
+/// and on SIGHUP, for as long as the process runs.
 pub fn spawn(
     components: Vec<Arc<dyn Reloadable>>,
+    watch: bool,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let (changed, mut changes) = mpsc::unbounded_channel::<()>();
-    let notify_changed = changed.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = notify_changed.send(());
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("cannot watch component files: {e}"))?;
+    let (triggers, changes) = mpsc::unbounded_channel::<Trigger>();
+    let watcher = if watch {
+        Some(watch_directories(&components, triggers.clone())?)
+    } else {
+        None
+    };
+    spawn_sighup(triggers.clone());
+    tokio::spawn(async move {
+        // Dropping the watcher stops it: keep it as long as the loop runs.
+        let _watcher = watcher;
+        reload_loop(components, changes, triggers, runtime, metrics).await;
+    });
+    Ok(())
+}
+
+/// Watches the directory of each component (non-recursively) and sends
+/// [`Trigger::Files`] for each event that can change a component: content
+/// written, files created, removed or renamed, for a component's own name
+/// or the kubelet's `..data`-style names. Opens, reads and metadata
+/// changes are not: pulse's own reads and a neighbour's would otherwise
+/// wake it for ever.
+fn watch_directories(
+    components: &[Arc<dyn Reloadable>],
+    triggers: mpsc::UnboundedSender<Trigger>,
+) -> anyhow::Result<notify::RecommendedWatcher> {
+    let names: BTreeSet<OsString> = components
+        .iter()
+        .filter_map(|c| c.path().file_name().map(OsString::from))
+        .collect();
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+            Ok(event) if changes_content(&event.kind) && concerns(&event.paths, &names) => {
+                let _ = triggers.send(Trigger::Files);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "the component file watcher reported an error"),
+        })
+        .map_err(|e| anyhow::anyhow!("cannot watch component files: {e}"))?;
     let directories: BTreeSet<PathBuf> = components
         .iter()
         .map(|c| watched_directory(c.path()))
@@ -121,7 +175,7 @@ pub fn spawn(
             .watch(directory, RecursiveMode::NonRecursive)
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "cannot watch {} for component changes: {e}",
+                    "cannot watch {} for component changes: {e}. Fix its permissions, or turn watching off with --no-watch (SIGHUP still reloads)",
                     directory.display()
                 )
             })?;
@@ -130,46 +184,113 @@ pub fn spawn(
         directories = ?directories,
         "watching component files; they are also reloaded on SIGHUP"
     );
-    spawn_sighup(changed);
-    tokio::spawn(async move {
-        let _watcher = watcher;
-        let mut rejected = vec![None; components.len()];
-        while changes.recv().await.is_some() {
-            // Let a burst of events settle, then look once.
-            loop {
-                tokio::time::sleep(SETTLE).await;
-                let mut more = false;
-                while changes.try_recv().is_ok() {
-                    more = true;
-                }
-                if !more {
-                    break;
-                }
-            }
-            for (component, rejected) in components.iter().zip(rejected.iter_mut()) {
-                check_and_reload(component.clone(), &runtime, &metrics, rejected).await;
-            }
-        }
-    });
-    Ok(())
+    Ok(watcher)
 }
 
-/// Reloads `components` on SIGHUP only (file watching turned off).
-pub fn spawn_on_sighup_only(
+/// Whether an event of this kind can change what a file holds.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other => true,
+        EventKind::Modify(modify) => !matches!(modify, ModifyKind::Metadata(_)),
+        // A writer closing the file is the best moment to read it.
+        EventKind::Access(access) => matches!(access, AccessKind::Close(AccessMode::Write)),
+    }
+}
+
+/// Whether an event on `paths` can concern a component named in `names`:
+/// the component's own name, or the kubelet's `..data` symlink and
+/// `..<timestamp>` directories of a mounted ConfigMap or Secret. An event
+/// without a path (an overflow) concerns everyone.
+fn concerns(paths: &[PathBuf], names: &BTreeSet<OsString>) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|path| {
+            path.file_name().is_some_and(|name| {
+                names.contains(name) || name.as_encoded_bytes().starts_with(b"..")
+            })
+        })
+}
+
+/// The loop: after a file event, wait until the directory has been quiet
+/// for [`SETTLE`] but never longer than [`MAX_SETTLE`] after the first
+/// event, then look at every component once.
+async fn reload_loop(
     components: Vec<Arc<dyn Reloadable>>,
+    mut changes: mpsc::UnboundedReceiver<Trigger>,
+    triggers: mpsc::UnboundedSender<Trigger>,
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
 ) {
-    let (changed, mut changes) = mpsc::unbounded_channel::<()>();
-    spawn_sighup(changed);
-    tokio::spawn(async move {
-        let mut rejected = vec![None; components.len()];
-        while changes.recv().await.is_some() {
-            for (component, rejected) in components.iter().zip(rejected.iter_mut()) {
-                check_and_reload(component.clone(), &runtime, &metrics, rejected).await;
+    let mut states: Vec<FileState> = components.iter().map(|_| FileState::default()).collect();
+    while let Some(first) = changes.recv().await {
+        let mut trigger = first;
+        if first == Trigger::Files {
+            let latest = tokio::time::Instant::now() + MAX_SETTLE;
+            loop {
+                let quiet_until = (tokio::time::Instant::now() + SETTLE).min(latest);
+                match tokio::time::timeout_at(quiet_until, changes.recv()).await {
+                    Ok(Some(more)) => {
+                        if more == Trigger::Everything {
+                            trigger = Trigger::Everything;
+                        }
+                        if tokio::time::Instant::now() >= latest {
+                            break;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(_quiet) => break,
+                }
             }
         }
-    });
+        while let Ok(more) = changes.try_recv() {
+            if more == Trigger::Everything {
+                trigger = Trigger::Everything;
+            }
+        }
+        let mut retry = false;
+        for (component, state) in components.iter().zip(states.iter_mut()) {
+            retry |= !check_and_reload(component.clone(), trigger, &runtime, &metrics, state).await;
+        }
+        if retry {
+            let triggers = triggers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RETRY_AFTER).await;
+                let _ = triggers.send(Trigger::Everything);
+            });
+        }
+    }
+}
+
+/// What the loop knows of one component's file.
+#[derive(Default)]
+struct FileState {
+    /// The metadata of the file when it was last read.
+    read_as: Option<Fingerprint>,
+    /// The digest of content that was rejected, not to be tried again.
+    rejected: Option<String>,
+}
+
+/// What tells a changed file from an unchanged one without reading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    changed: i64,
+    changed_nanos: i64,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        device: meta.dev(),
+        inode: meta.ino(),
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        changed: meta.ctime(),
+        changed_nanos: meta.ctime_nsec(),
+    })
 }
 
 fn watched_directory(path: &Path) -> PathBuf {
@@ -179,14 +300,14 @@ fn watched_directory(path: &Path) -> PathBuf {
     }
 }
 
-fn spawn_sighup(changed: mpsc::UnboundedSender<()>) {
+fn spawn_sighup(triggers: mpsc::UnboundedSender<Trigger>) {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::hangup()) {
         Ok(mut hangups) => {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
                     tracing::info!("received SIGHUP, reloading components");
-                    if changed.send(()).is_err() {
+                    if triggers.send(Trigger::Everything).is_err() {
                         return;
                     }
                 }
@@ -198,32 +319,58 @@ fn spawn_sighup(changed: mpsc::UnboundedSender<()>) {
     }
 }
 
-/// Reads the component's file; if its digest changed, compiles and swaps
-/// it in. Logs one `reload` line for each attempt; a file already rejected
-/// (same digest as `rejected`) is not tried or logged again.
+/// Whether a read failed for want of a resource that may come back (file
+/// descriptors, memory), rather than because of the file.
+fn is_transient(error: &LoadError) -> bool {
+    const ENOMEM: i32 = 12;
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(error, LoadError::Read { cause, .. }
+        if matches!(cause.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE)))
+}
+
+/// Reads the component's file (on [`Trigger::Files`] only if its metadata
+/// changed); if its digest changed, compiles and swaps it in. Logs one
+/// `reload` line for each attempt; content already rejected is not tried
+/// or logged again. Returns false when the file could not be read for now
+/// and should be tried again later.
 async fn check_and_reload(
     component: Arc<dyn Reloadable>,
+    trigger: Trigger,
     runtime: &Arc<Runtime>,
     metrics: &Metrics,
-    rejected: &mut Option<String>,
-) {
+    state: &mut FileState,
+) -> bool {
     let path = component.path().to_owned();
     let role = component.role();
     let previous = component.digest();
+    let seen = fingerprint(&path);
+    if trigger == Trigger::Files && seen.is_some() && seen == state.read_as {
+        tracing::debug!(path = %path.display(), "component file unchanged");
+        return true;
+    }
     let file = match runtime.read(&path, role) {
         Ok(file) => file,
+        Err(error) if is_transient(&error) => {
+            tracing::warn!(role = role.name(), path = %path.display(), reason = %error,
+                retry_ms = RETRY_AFTER.as_millis() as u64,
+                "cannot read the component file for now; the loaded component keeps serving");
+            return false;
+        }
         Err(error) => {
+            state.read_as = None;
             tracing::error!(event = "reload", outcome = "rejected", role = role.name(), path = %path.display(),
                 reason = %error, digest = %previous, "reload rejected; the loaded component keeps serving");
             metrics.reload(role.name(), "rejected");
-            return;
+            return true;
         }
     };
-    if file.digest == previous || rejected.as_deref() == Some(file.digest.as_str()) {
-        tracing::debug!(path = %path.display(), "component file unchanged");
-        return;
+    state.read_as = seen;
+    if file.digest == previous || state.rejected.as_deref() == Some(file.digest.as_str()) {
+        tracing::debug!(path = %path.display(), "component content unchanged");
+        return true;
     }
-    *rejected = None;
+    state.rejected = None;
     let digest = file.digest.clone();
     let swapped = tokio::task::spawn_blocking(move || component.replace(file)).await;
     match swapped {
@@ -233,7 +380,7 @@ async fn check_and_reload(
             metrics.reload(role.name(), "loaded");
         }
         Ok(Err(error)) => {
-            *rejected = Some(digest.clone());
+            state.rejected = Some(digest.clone());
             tracing::error!(event = "reload", outcome = "rejected", role = role.name(), path = %path.display(),
                 reason = format!("{error:#}"), rejected_digest = %digest, digest = %previous,
                 "reload rejected; the loaded component keeps serving");
@@ -244,5 +391,46 @@ async fn check_and_reload(
                 reason = %join, digest = %previous, "reload failed; the loaded component keeps serving");
             metrics.reload(role.name(), "rejected");
         }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RenameMode};
+
+    #[test]
+    fn only_content_changes_count() {
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
+        assert!(changes_content(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
+        assert!(changes_content(&EventKind::Create(CreateKind::File)));
+        assert!(changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_content(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(!changes_content(&EventKind::Modify(ModifyKind::Metadata(
+            notify::event::MetadataKind::Any
+        ))));
+    }
+
+    #[test]
+    fn events_concern_components_and_kubelet_swaps_only() {
+        let names: BTreeSet<OsString> = [OsString::from("health.wasm")].into();
+        let dir = PathBuf::from("/components");
+        assert!(concerns(&[dir.join("health.wasm")], &names));
+        assert!(concerns(&[dir.join("..data")], &names));
+        assert!(concerns(&[dir.join("..2026_11_23_08_00_00.123")], &names));
+        assert!(concerns(&[], &names));
+        assert!(!concerns(&[dir.join("neighbour.txt")], &names));
     }
 }

@@ -12,10 +12,18 @@
 //! | what happened                                   | answer |
 //! |-------------------------------------------------|--------|
 //! | all `max_concurrency` slots busy                | 503 + `retry-after` |
-//! | body longer than `max_request_body`             | 413 |
+//! | body longer than `max_request_body`             | 413, whatever the guest answered |
+//! | body sent slower than `body_pace`               | 408, whatever the guest answered |
 //! | no `Host`, or a request wasi:http cannot carry  | 400 |
 //! | the guest trapped or never set a response       | 500 |
 //! | the guest ran past `request_timeout`            | 504 |
+//!
+//! A request holds its concurrency slot for the whole life of its
+//! instance: the slot moves into the task that owns the store, which ends
+//! when the guest returns (after streaming its body), is stopped at its
+//! deadline, or is stopped because the client went away or was cut for
+//! reading too slowly. So the slots bound the live instances, and the
+//! instance pool, sized above them, is never the limit that trips.
 //!
 //! `serve` takes its listener and its shutdown signal from the caller, so
 //! tests bind `127.0.0.1:0`.
@@ -32,21 +40,23 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use hyper::server::conn::http1;
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
+use crate::accept::{self, PortLimits};
 use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
+use crate::memory::Refusal;
 use crate::metrics::Metrics;
 use crate::outbound::AllowList;
+use crate::pace::{Meter, Pace};
 use crate::reload::Swappable;
 
 /// The header that carries the request id.
@@ -57,12 +67,14 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct ServeOptions {
     /// Requests running in the handler at once; more get 503 at once.
     pub max_concurrency: usize,
-    /// The longest one request may run in the handler.
+    /// The longest one request may run in the handler, streaming included.
     pub request_timeout: Duration,
     /// The largest request body passed to the handler.
     pub max_request_body: u64,
     /// How long a client may take to send its request headers.
     pub header_timeout: Duration,
+    /// How fast a client must send the request body and read the response.
+    pub body_pace: Pace,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace: Duration,
     /// Where the handler may send outgoing HTTP.
@@ -76,7 +88,7 @@ pub struct ServeOptions {
 pub struct Handler {
     runtime: Arc<Runtime>,
     component: Arc<Swappable<ProxyPre<HostState>>>,
-    slots: Semaphore,
+    slots: Slots,
     options: ServeOptions,
     metrics: Arc<Metrics>,
     /// The component's name in logs (its file stem).
@@ -113,13 +125,19 @@ impl Handler {
         Ok(Self {
             runtime,
             component,
-            slots: Semaphore::new(options.max_concurrency.max(1)),
+            slots: Slots::new(options.max_concurrency, metrics.in_flight()),
             options,
             metrics,
             name: name.into(),
             next_id: AtomicU64::new(1),
             id_prefix,
         })
+    }
+
+    /// How long every slot has been busy, if they all are: readiness turns
+    /// false when this lasts.
+    pub fn saturation(&self) -> Arc<Saturation> {
+        self.slots.saturation.clone()
     }
 
     /// Answers one request. Never fails: failures become 4xx/5xx answers.
@@ -156,42 +174,50 @@ impl Handler {
     async fn answer(&self, request: Request<Incoming>, id: &str) -> Response<HyperOutgoingBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let _slot = match self.slots.try_acquire() {
-            Ok(slot) => slot,
-            Err(_) => {
-                tracing::warn!(request_id = id, %method, %path, max_concurrency = self.options.max_concurrency,
-                    "all handler slots busy; answered 503");
-                let mut response = json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the server is at its concurrency limit; retry shortly",
-                    id,
-                );
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
-            }
+        let Some(slot) = self.slots.try_take() else {
+            tracing::warn!(request_id = id, %method, %path, max_concurrency = self.options.max_concurrency,
+                "all handler slots busy; answered 503");
+            let mut response = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its concurrency limit; retry shortly",
+                id,
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
         };
         let limit = self.options.max_request_body;
         let too_large = || {
             tracing::info!(request_id = id, %method, %path, max_request_body = limit, "request body too large; answered 413");
             let message =
                 format!("the request body is larger than the server's limit of {limit} bytes");
-            json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, id)
+            closing(json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, id))
         };
         if declared_length(&request).is_some_and(|length| length > limit) {
             return too_large();
         }
-        let over_limit = Arc::new(AtomicBool::new(false));
-        let request = request.map(|body| LimitedBody {
-            inner: body,
-            seen: 0,
-            limit,
-            over_limit: over_limit.clone(),
-        });
-        match self.call_guest(request, id).await {
+        let verdict = Arc::new(BodyVerdict::default());
+        let pace = self.options.body_pace;
+        let request = request.map(|body| GuardedBody::new(body, limit, pace, verdict.clone()));
+        let answered = self.call_guest(request, id, slot).await;
+        // A body cut short decides the answer, whatever the guest made of
+        // the error it read: a guest may well treat it as the end of the
+        // body and answer 200.
+        if verdict.over_limit.load(Ordering::SeqCst) {
+            return too_large();
+        }
+        if verdict.too_slow.load(Ordering::SeqCst) {
+            tracing::info!(request_id = id, %method, %path, body_grace_ms = pace.grace.as_millis() as u64,
+                min_body_rate = pace.min_rate, "request body came too slowly; answered 408");
+            return closing(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body came too slowly",
+                id,
+            ));
+        }
+        match answered {
             Ok(response) => response,
-            Err(_) if over_limit.load(Ordering::SeqCst) => too_large(),
             Err(GuestFailure::BadRequest(reason)) => {
                 tracing::debug!(request_id = id, %method, %path, %reason, "rejected request");
                 json_error(StatusCode::BAD_REQUEST, &reason, id)
@@ -218,10 +244,14 @@ impl Handler {
         }
     }
 
+    /// Runs the guest for one request on a fresh store. The `slot` moves
+    /// into the task that owns the store: it is given back only when the
+    /// instance is gone, however long the response takes to stream.
     async fn call_guest(
         &self,
-        request: Request<LimitedBody>,
+        request: Request<GuardedBody>,
         id: &str,
+        slot: Slot,
     ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
         let timeout = self.options.request_timeout;
         let mut store = self.runtime.new_store(StoreSetup {
@@ -248,7 +278,7 @@ impl Handler {
         // so it runs in its own task while this one awaits the response. The
         // store's deadline stops a guest that computes past the timeout; the
         // timer here stops one that waits past it. Either way the store is
-        // dropped, and with it any response not yet set.
+        // dropped, and with it any response not yet set, then the slot.
         let task = tokio::spawn(async move {
             let call = async {
                 let started = Instant::now();
@@ -259,26 +289,183 @@ impl Handler {
                     .call_handle(&mut store, incoming, outparam)
                     .await
             };
-            tokio::time::timeout(timeout, call).await
+            let outcome = tokio::time::timeout(timeout, call).await;
+            let refused = store.data().memory_refused();
+            drop(store);
+            drop(slot);
+            (outcome, refused)
         });
         match receiver.await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                let guest = task.abort_handle();
+                Ok(response.map(|body| GuestBody::new(body, guest).boxed_unsync()))
+            }
             Ok(Err(code)) => Err(GuestFailure::Guest(anyhow::anyhow!(
                 "the handler answered with error code {code:?}"
             ))),
             Err(_dropped) => {
                 let why = match task.await {
-                    Ok(Ok(Ok(()))) => {
+                    Ok((Ok(Ok(())), _)) => {
                         anyhow::anyhow!("the handler returned without setting a response")
                     }
-                    Ok(Ok(Err(trap))) if is_deadline(&trap) => return Err(GuestFailure::Timeout),
-                    Ok(Ok(Err(trap))) => anyhow::Error::from(trap)
+                    Ok((Ok(Err(trap)), _)) if is_deadline(&trap) => {
+                        return Err(GuestFailure::Timeout)
+                    }
+                    Ok((Ok(Err(trap)), Some(Refusal::Budget))) => anyhow::Error::from(trap)
+                        .context("the handler trapped after the memory budget of all instances refused it more memory"),
+                    Ok((Ok(Err(trap)), Some(Refusal::InstanceCap))) => anyhow::Error::from(trap)
+                        .context("the handler trapped after reaching its memory cap (--max-memory)"),
+                    Ok((Ok(Err(trap)), None)) => anyhow::Error::from(trap)
                         .context("the handler trapped before setting a response"),
-                    Ok(Err(_elapsed)) => return Err(GuestFailure::Timeout),
+                    Ok((Err(_elapsed), _)) => return Err(GuestFailure::Timeout),
                     Err(join) => anyhow::Error::from(join).context("the handler task panicked"),
                 };
                 Err(GuestFailure::Guest(why))
             }
+        }
+    }
+}
+
+/// The handler's concurrency slots. A slot is held by the task that owns
+/// the request's instance, so the slots bound the live instances.
+struct Slots {
+    semaphore: Arc<Semaphore>,
+    saturation: Arc<Saturation>,
+    in_flight: Gauge,
+}
+
+impl Slots {
+    fn new(count: usize, in_flight: Gauge) -> Self {
+        Self {
+            semaphore: Arc::new(Semaphore::new(count.max(1))),
+            saturation: Arc::new(Saturation::new()),
+            in_flight,
+        }
+    }
+
+    /// A free slot, if there is one.
+    fn try_take(&self) -> Option<Slot> {
+        let permit = self.semaphore.clone().try_acquire_owned();
+        if self.semaphore.available_permits() == 0 {
+            self.saturation.full();
+        }
+        let permit = permit.ok()?;
+        self.in_flight.inc();
+        Some(Slot {
+            permit: Some(permit),
+            semaphore: self.semaphore.clone(),
+            saturation: self.saturation.clone(),
+            in_flight: self.in_flight.clone(),
+        })
+    }
+}
+
+/// One request's hold on the handler; given back when dropped.
+struct Slot {
+    permit: Option<OwnedSemaphorePermit>,
+    semaphore: Arc<Semaphore>,
+    saturation: Arc<Saturation>,
+    in_flight: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.in_flight.dec();
+        if self.semaphore.available_permits() > 0 {
+            self.saturation.not_full();
+        }
+    }
+}
+
+/// Since when every handler slot has been busy, if they all are.
+#[derive(Debug)]
+pub struct Saturation {
+    epoch: Instant,
+    /// Milliseconds after `epoch` plus one; 0 when a slot is free.
+    full_since: AtomicU64,
+}
+
+impl Saturation {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            full_since: AtomicU64::new(0),
+        }
+    }
+
+    fn full(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let _ = self
+            .full_since
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    fn not_full(&self) {
+        self.full_since.store(0, Ordering::SeqCst);
+    }
+
+    /// How long every slot has been busy; `None` while one is free.
+    pub fn full_for(&self) -> Option<Duration> {
+        match self.full_since.load(Ordering::SeqCst) {
+            0 => None,
+            since => Some(
+                self.epoch
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            ),
+        }
+    }
+}
+
+/// The response body as the guest streams it. If the client goes away (or
+/// is cut) before the body ends, the guest is stopped at once instead of
+/// running on to its deadline for nobody.
+struct GuestBody {
+    inner: HyperOutgoingBody,
+    guest: AbortHandle,
+    ended: bool,
+}
+
+impl GuestBody {
+    fn new(inner: HyperOutgoingBody, guest: AbortHandle) -> Self {
+        Self {
+            inner,
+            guest,
+            ended: false,
+        }
+    }
+}
+
+impl Body for GuestBody {
+    type Data = Bytes;
+    type Error = <HyperOutgoingBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuestBody {
+    fn drop(&mut self) {
+        if !self.ended && !self.inner.is_end_stream() {
+            self.guest.abort();
         }
     }
 }
@@ -325,16 +512,39 @@ fn declared_length<B>(request: &Request<B>) -> Option<u64> {
         .ok()
 }
 
+/// How a request body ended early, for the answer.
+#[derive(Default)]
+struct BodyVerdict {
+    /// More than `max_request_body` bytes came.
+    over_limit: AtomicBool,
+    /// The client sent it too slowly.
+    too_slow: AtomicBool,
+}
+
 /// The request body as the guest sees it: it fails once more than `limit`
-/// bytes have come, and says so in `over_limit`.
-struct LimitedBody {
+/// bytes have come, or once the client falls behind its pace, and says
+/// which in the verdict.
+struct GuardedBody {
     inner: Incoming,
     seen: u64,
     limit: u64,
-    over_limit: Arc<AtomicBool>,
+    meter: Meter,
+    verdict: Arc<BodyVerdict>,
 }
 
-impl Body for LimitedBody {
+impl GuardedBody {
+    fn new(inner: Incoming, limit: u64, pace: Pace, verdict: Arc<BodyVerdict>) -> Self {
+        Self {
+            inner,
+            seen: 0,
+            limit,
+            meter: Meter::new(pace),
+            verdict,
+        }
+    }
+}
+
+impl Body for GuardedBody {
     type Data = Bytes;
     type Error = wasmtime_wasi_http::Error;
 
@@ -346,9 +556,10 @@ impl Body for LimitedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    this.meter.progressed(data.len());
                     this.seen += data.len() as u64;
                     if this.seen > this.limit {
-                        this.over_limit.store(true, Ordering::SeqCst);
+                        this.verdict.over_limit.store(true, Ordering::SeqCst);
                         return Poll::Ready(Some(Err(
                             wasmtime_wasi_http::Error::HttpRequestBodySize(Some(this.seen)),
                         )));
@@ -358,7 +569,13 @@ impl Body for LimitedBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.meter.poll_behind(cx) {
+                Poll::Ready(()) => {
+                    this.verdict.too_slow.store(true, Ordering::SeqCst);
+                    Poll::Ready(Some(Err(wasmtime_wasi_http::Error::ConnectionReadTimeout)))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 
@@ -369,6 +586,15 @@ impl Body for LimitedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// `answer` with `connection: close`: the rest of the request cannot be
+/// trusted to be read, so the connection ends with it.
+fn closing(mut answer: Response<HyperOutgoingBody>) -> Response<HyperOutgoingBody> {
+    answer
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    answer
 }
 
 /// A small JSON error answer produced by the host itself.
@@ -387,61 +613,38 @@ fn json_error(status: StatusCode, message: &str, request_id: &str) -> Response<H
 
 /// Serves HTTP/1.1 on `listener` through `handler` until `shutdown`
 /// resolves, then stops accepting and waits up to the handler's shutdown
-/// grace for requests in flight.
+/// grace for requests in flight (see [`crate::accept`]).
 pub async fn serve(
     listener: TcpListener,
     handler: Arc<Handler>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .keep_alive(true)
-        .timer(TokioTimer::new())
-        .header_read_timeout(handler.options.header_timeout);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        // Answers go out as soon as they are written: without this, Nagle's
-        // algorithm held the body back until the client's delayed ACK, and
-        // p99 latency under load was 40 ms instead of 3.
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-        }
+    let limits = PortLimits {
+        name: "main",
+        max_connections: main_port_connections(),
+        header_timeout: handler.options.header_timeout,
+        pace: handler.options.body_pace,
+        shutdown_grace: handler.options.shutdown_grace,
+    };
+    let service = move |request| {
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(request).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let grace = handler.options.shutdown_grace;
-    tracing::info!(
-        grace_ms = grace.as_millis() as u64,
-        "shutting down: no new connections, draining requests in flight"
-    );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!(
-            grace_ms = grace.as_millis() as u64, "requests still in flight at the end of the shutdown grace were dropped"),
-    }
+        async move { handler.handle(request).await }
+    };
+    accept::serve(listener, limits, metrics, service, shutdown).await;
     Ok(())
+}
+
+/// File descriptors kept free of main-port connections: for the admin
+/// port's connections, component files, the watcher and outbound requests.
+const RESERVED_FDS: u64 = 128;
+
+/// The most connections the main port holds: the process's open-file limit
+/// less [`RESERVED_FDS`], so that a flood of clients never takes the
+/// descriptors the admin port and the host need.
+fn main_port_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(soft.saturating_sub(RESERVED_FDS).max(16)).unwrap_or(usize::MAX)
 }

@@ -9,6 +9,8 @@
 //! - `/sleep?ms=N` waits N milliseconds, then answers 200;
 //! - `/stream` answers 200 and streams a body that never ends;
 //! - `/body` reads the whole request body and answers with its length;
+//! - `/body-lenient` does the same, but takes an error reading the body for
+//!   its end (as careless guests do) and answers 200 all the same;
 //! - `/fetch?url=U` sends `GET U` and answers 200 with its status, or 502
 //!   with the error code;
 //! - `/env?name=N` answers with the environment variable N, or `unset`;
@@ -148,6 +150,10 @@ impl Handler for Faulty {
                 Ok(len) => respond(response_out, 200, format!("{len}\n").as_bytes()),
                 Err(e) => panic!("cannot read the request body: {e}"),
             },
+            "/body-lenient" => {
+                let len = read_body_len(request).unwrap_or(0);
+                respond(response_out, 200, format!("{len}\n").as_bytes());
+            }
             "/fetch" => match fetch(query_value(&path, "url").unwrap_or("")) {
                 Ok(status) => respond(response_out, 200, format!("{status}\n").as_bytes()),
                 Err(code) => respond(response_out, 502, format!("{code:?}\n").as_bytes()),

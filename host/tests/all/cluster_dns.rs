@@ -8,7 +8,7 @@
 //! All traffic stays inside the namespaces; nothing is addressed from the
 //! root namespace.
 
-mod common;
+use crate::common;
 
 use common::{component, pulse_bin, run_probe, Pulse};
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! serving, the kubelet's ConfigMap symlink swap, SIGHUP, probes, `pulse
 //! check`, and a corrupt compilation cache.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

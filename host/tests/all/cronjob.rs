@@ -4,7 +4,7 @@
 //! `pulse.toml`, config errors, and `/metrics` parsed by a real OpenMetrics
 //! parser.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Stdio;

@@ -1,7 +1,7 @@
 //! Bad input: every case exits 2 before binding a port, with a message that
 //! names the offending file, flag, expression, zone or URL.
 
-mod common;
+use crate::common;
 
 use common::{closed_port, component, run_pulse, Finished};
 use std::path::PathBuf;

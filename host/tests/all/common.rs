@@ -1,6 +1,5 @@
 //! Shared test support: start the real `pulse` binary, read what it logs,
 //! speak real HTTP to it, and stand up small local target servers.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

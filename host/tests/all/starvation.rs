@@ -4,7 +4,7 @@
 //! still answer meanwhile, and that SIGTERM still ends the process cleanly.
 //! Uses the `faulty` fixture (components/faulty).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! answers or records it, and keeps running. Uses the `faulty` test fixture
 //! (components/faulty), which is both a handler and a probe.
 
-mod common;
+use crate::common;
 
 use common::{component, http, pulse_command, run_probe, Pulse};
 use hyper::{Method, StatusCode};

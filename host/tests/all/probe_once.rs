@@ -1,6 +1,6 @@
 //! `pulse probe`: the real probe component against real local servers.
 
-mod common;
+use crate::common;
 
 use common::{closed_port, component, pulse_command, run_probe, Target};
 use hyper::StatusCode;

@@ -3,7 +3,7 @@
 //! bounded memory. Also the admin endpoints, graceful shutdown and the
 //! outbound allow-lists. Uses the `faulty` fixture (components/faulty).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! `pulse schedule` and `pulse run` firing for real, on a per-second
 //! schedule, with the real probe component.
 
-mod common;
+use crate::common;
 
 use chrono::{DateTime, Utc};
 use common::{closed_port, component, http, Pulse, Target};

@@ -1,21 +1,12 @@
 //! `pulse serve` with the real health component, over real HTTP.
 
-mod common;
+use crate::common;
 
 use common::{component, http, Pulse};
 use hyper::{Method, StatusCode};
 
 async fn start() -> (Pulse, std::net::SocketAddr) {
-    let handler = component("health");
-    let mut pulse = Pulse::spawn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        handler.to_str().unwrap(),
-    ]);
-    let addr = pulse.listening_addr().await;
-    (pulse, addr)
+    common::serve_with(&component("health"), &[]).await
 }
 
 #[tokio::test]
@@ -76,11 +67,9 @@ async fn many_requests_each_get_a_fresh_instance_and_succeed() {
     }
 }
 
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();

@@ -1,0 +1,265 @@
+//! The accept loop both ports share: the main port (the handler) and the
+//! admin port (`/livez`, `/readyz`, `/metrics`). One place decides what any
+//! client of pulse may hold and for how long:
+//!
+//! - **Connections**: at most `max_connections` open at once, so a flood on
+//!   one port cannot take the file descriptors the other port needs. At the
+//!   cap, a new connection takes the place of the oldest one with no
+//!   request in progress (idle, or still sending headers); if every
+//!   connection is busy with a request, the new one is closed at once. So
+//!   idle connections can never lock out the kubelet's next probe.
+//! - **Accept errors** (out of file descriptors and the like) back off
+//!   instead of retrying in a busy loop.
+//! - **Idle and slow headers**: a connection must send a request's headers
+//!   within `header_timeout`; hyper's timer also runs while a kept-alive
+//!   connection waits for its next request, so an idle connection is closed
+//!   after the same time.
+//! - **Slow readers**: a client that does not read what pulse writes is cut
+//!   (see [`crate::pace`]).
+//! - **Shutdown**: the listener closes, connections with no request in
+//!   progress (idle, or still sending headers) are closed at once, and
+//!   requests in progress get up to `shutdown_grace` to finish.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+use crate::metrics::Metrics;
+use crate::pace::{Pace, PacedIo};
+
+/// Wait after a failed `accept` before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the clients of one port may hold, and for how long.
+#[derive(Clone, Debug)]
+pub(crate) struct PortLimits {
+    /// A name for logs: `main` or `admin`.
+    pub name: &'static str,
+    /// Connections open at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// Time to send a request's headers, and to start the next request on
+    /// a kept-alive connection.
+    pub header_timeout: Duration,
+    /// How fast a client must read what pulse writes.
+    pub pace: Pace,
+    /// How long requests in progress may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Serves HTTP/1.1 on `listener`, answering each request with `service`,
+/// under `limits`, until `shutdown` resolves; then drains as the module
+/// documentation says.
+pub(crate) async fn serve<S, F, B>(
+    listener: TcpListener,
+    limits: PortLimits,
+    metrics: Arc<Metrics>,
+    service: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut live: VecDeque<Arc<ConnectionState>> = VecDeque::new();
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(port = limits.name, error = %e, "accept failed; retrying shortly");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            // Reap finished connection tasks as we go.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = &mut shutdown => break,
+        };
+        live.retain(|state| !state.ended.load(Ordering::SeqCst));
+        if open.load(Ordering::SeqCst) >= limits.max_connections {
+            match live.iter().position(|state| state.is_idle()) {
+                Some(oldest_idle) => {
+                    if let Some(state) = live.remove(oldest_idle) {
+                        state.evict.notify_one();
+                    }
+                    tracing::debug!(port = limits.name, %peer, max_connections = limits.max_connections,
+                        "too many open connections; closed the oldest idle one");
+                }
+                None => {
+                    tracing::warn!(port = limits.name, %peer, max_connections = limits.max_connections,
+                        "too many open connections, all busy; closed the new one");
+                    metrics.connection_refused(limits.name);
+                    drop(stream);
+                    continue;
+                }
+            }
+        }
+        // Answers go out as soon as they are written: without this, Nagle's
+        // algorithm held the body back until the client's delayed ACK, and
+        // p99 latency under load was 40 ms instead of 3.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let guard = Counted::new_plain(open.clone());
+        let state = Arc::new(ConnectionState::default());
+        live.push_back(state.clone());
+        let service = service.clone();
+        let counter = state.clone();
+        let hyper_service = hyper::service::service_fn(move |request| {
+            let busy = Counted::new(counter.clone(), |state| &state.in_progress);
+            let answer = service(request);
+            async move {
+                let response = answer.await;
+                Ok::<_, Infallible>(response.map(|body| InProgress { body, _busy: busy }))
+            }
+        });
+        let io = TokioIo::new(PacedIo::new(stream, limits.pace));
+        let connection = builder.serve_connection(io, hyper_service);
+        let mut stopping = stopping.clone();
+        let port = limits.name;
+        connections.spawn(async move {
+            let _open = guard;
+            let _ended = Ended(state.clone());
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = state.evict.notified() => return,
+                () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                    if state.is_idle() {
+                        // Idle or still sending headers: nothing to finish.
+                        return;
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(port, %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let grace = limits.shutdown_grace;
+    if limits.name == "main" {
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "shutting down: no new connections, draining requests in flight"
+        );
+    }
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    match drained {
+        Ok(()) if limits.name == "main" => tracing::info!("all connections closed"),
+        Ok(()) => {}
+        Err(_) => tracing::warn!(
+            port = limits.name,
+            grace_ms = grace.as_millis() as u64,
+            "requests still in flight at the end of the shutdown grace were dropped"
+        ),
+    }
+}
+
+/// What the accept loop knows of one open connection.
+#[derive(Default)]
+struct ConnectionState {
+    /// Requests whose response is not yet sent.
+    in_progress: AtomicUsize,
+    /// Told to close the connection to make room for a new one.
+    evict: Notify,
+    /// The connection's task has ended.
+    ended: AtomicBool,
+}
+
+impl ConnectionState {
+    fn is_idle(&self) -> bool {
+        self.in_progress.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// Marks a connection as ended when its task ends, however it ends.
+struct Ended(Arc<ConnectionState>);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One unit of a count kept in `T`, given back when dropped.
+struct Counted<T: Send + Sync + 'static> {
+    holder: Arc<T>,
+    count: fn(&T) -> &AtomicUsize,
+}
+
+impl Counted<AtomicUsize> {
+    fn new_plain(count: Arc<AtomicUsize>) -> Self {
+        Self::new(count, |count| count)
+    }
+}
+
+impl<T: Send + Sync + 'static> Counted<T> {
+    fn new(holder: Arc<T>, count: fn(&T) -> &AtomicUsize) -> Self {
+        count(&holder).fetch_add(1, Ordering::SeqCst);
+        Self { holder, count }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Counted<T> {
+    fn drop(&mut self) {
+        (self.count)(&self.holder).fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that counts as a request in progress on its connection
+/// until it has been sent (or dropped).
+struct InProgress<B> {
+    body: B,
+    _busy: Counted<ConnectionState>,
+}
+
+impl<B: Body + Unpin> Body for InProgress<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,19 @@
+//! The integration tests, one binary: each module starts the real `pulse`
+//! binary (or the image) with real components and speaks real HTTP to it.
+//! `common` holds what they share.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod bad_input;
+mod cluster_dns;
+mod common;
+mod containers;
+mod cronjob;
+mod hardening;
+mod hostile;
+mod misbehaving_guests;
+mod probe_once;
+mod reload;
+mod scheduled;
+mod serve;
+mod starvation;
