@@ -7,18 +7,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::ArgMatches;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Readiness};
-use crate::cli::{CheckArgs, CheckRole, Cli, Command, NextArgs};
+use crate::cli::{
+    CheckArgs, CheckRole, Cli, Command, NextArgs, ProbeArgs, RunArgs, ScheduleArgs, ServeArgs,
+    WhenArgs,
+};
 use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
 use crate::engine::{GuestLimits, Role, Runtime, PROBE_INSTANCES};
 use crate::memory::{self, BudgetSource};
 use crate::metrics::Metrics;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
 use crate::reload::{self, Reloadable};
-use crate::schedule::{parse_time_zone, rfc3339, Schedule};
+use crate::schedule::{rfc3339, Expression, Schedule};
 use crate::serve::Handler;
 use crate::shutdown::Shutdown;
 use crate::{clock, scheduler, serve};
@@ -26,179 +28,209 @@ use crate::{clock, scheduler, serve};
 /// Exit code of `pulse probe` when a target did not answer 2xx.
 pub const EXIT_UNHEALTHY: u8 = 1;
 
-/// The name of the single probe the command-line flags describe.
-pub const DEFAULT_PROBE_NAME: &str = "probe";
-
-/// Runs the command `cli` names (`matches` tells which flags were given
-/// explicitly). Errors are for bad input and failures to start; the caller
-/// prints them and exits 2.
-pub async fn run(cli: Cli, matches: ArgMatches) -> anyhow::Result<ExitCode> {
+/// Runs the command `cli` names. Errors are for bad input and failures to
+/// start; the caller prints them and exits 2.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     clock::init_from_env()?;
-    let sub = matches
-        .subcommand()
-        .map(|(_, sub)| sub.clone())
-        .unwrap_or_default();
     let (file, source) = match &cli.config {
         Some(path) => (ConfigFile::load(path)?, path.display().to_string()),
         None => (ConfigFile::default(), String::new()),
     };
-    if let Command::Next(args) = &cli.command {
-        return next_command(args);
+    match &cli.command {
+        Command::Next(args) => next_command(args),
+        Command::Check(args) => {
+            let start = Start::new(&cli, file, source, 0)?;
+            check_command(&start.runtime, args)
+        }
+        Command::Serve(args) => serve_command(&cli, args, file, source).await,
+        Command::Schedule(args) => schedule_command(&cli, args, file, source).await,
+        Command::Probe(args) => probe_command(&cli, args, file, source).await,
+        Command::Run(args) => run_command(&cli, args, file, source).await,
     }
-    let max_memory = config::max_memory(&sub, cli.max_memory, &file, &source)?;
-    // The handler's settings come first: the instance pool is sized by the
-    // concurrency they settle on, flag or config file.
-    let serve_args = match &cli.command {
-        Command::Serve(args) => Some(args),
-        Command::Run(args) => Some(&args.serve),
-        _ => None,
-    };
-    let handler_settings = serve_args
-        .map(|args| config::handler(&sub, args, &cli.component_env, &file, &source))
-        .transpose()?;
-    let handler_slots = handler_settings
-        .as_ref()
-        .map_or(0, |settings| settings.options.max_concurrency);
-    let limits = GuestLimits {
-        max_memory: usize::try_from(max_memory).unwrap_or(usize::MAX),
-        max_instances: u32::try_from(handler_slots)
-            .unwrap_or(u32::MAX)
-            .saturating_add(PROBE_INSTANCES),
-    };
-    let cache_dir = config::cache_dir(cli.cache_dir.as_ref(), &file);
-    let metrics = Arc::new(Metrics::new());
-    let (budget, budget_source) = match config::memory_budget(cli.memory_budget, &file, &source)? {
-        Some(bytes) => (bytes, BudgetSource::Configured),
-        None => memory::default_budget(),
-    };
-    tracing::debug!(memory_budget = budget, source = ?budget_source, "guest memory budget");
-    let runtime = Arc::new(
-        Runtime::new(
-            limits,
-            cache_dir.as_deref(),
-            Arc::new(metrics.memory_budget(budget)),
-        )
-        .context("cannot set up the WebAssembly engine")?,
-    );
-    if let Command::Check(args) = &cli.command {
-        return check_command(&runtime, args);
-    }
-    let watch = !cli.no_watch;
-    let start = Start {
-        runtime,
-        metrics,
-        file,
-        source,
-        sub,
-    };
-    match cli.command {
-        Command::Serve(args) => {
-            let settings = handler_settings.context("internal: serve without handler settings")?;
-            let handler = start.load_handler(&settings)?;
-            let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
-            let shutdown = Shutdown::on_signals();
-            let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
-            start.admin(args.admin.admin_listen, readiness).await?;
-            start.watch(watch, vec![handler.component()])?;
-            serve::serve(listener, handler, start.metrics.clone(), shutdown.wait()).await?;
-        }
-        Command::Schedule(args) => {
-            let flags = ProbeFlags {
-                component: args.probe.probe.as_ref(),
-                component_env: &cli.component_env,
-                target: Some(&args.probe.target),
-                tuning: &args.probe.tuning,
-                when: Some(&args.when),
-            };
-            let settings = config::probes(&start.sub, &flags, &start.file, &start.source)?;
-            let components = start.load_probe_components(&settings)?;
-            let probers = start.aim(settings, components.clone(), None)?;
-            let shutdown = Shutdown::on_signals();
-            start
-                .admin(args.admin.admin_listen, Readiness::new(shutdown.clone()))
-                .await?;
-            start.watch(watch, reloadable_probes(&components))?;
-            schedule_all(probers, shutdown).await;
-        }
-        Command::Probe(args) => {
-            let flags = ProbeFlags {
-                component: args.probe.as_ref(),
-                component_env: &cli.component_env,
-                target: Some(&args.target),
-                tuning: &args.tuning,
-                when: None,
-            };
-            let settings = config::probes(&start.sub, &flags, &start.file, &start.source)?;
-            let components = start.load_probe_components(&settings)?;
-            let probers = start.aim(settings, components, None)?;
-            let mut healthy = true;
-            for (prober, _) in probers {
-                let record = prober.run(None).await;
-                record.emit();
-                healthy &= record.outcome == Outcome::Healthy;
-            }
-            return Ok(if healthy {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_UNHEALTHY)
-            });
-        }
-        Command::Run(args) => {
-            let handler_settings =
-                handler_settings.context("internal: run without handler settings")?;
-            let flags = ProbeFlags {
-                component: args.probe.as_ref(),
-                component_env: &cli.component_env,
-                target: args.target.as_deref(),
-                tuning: &args.tuning,
-                when: Some(&args.when),
-            };
-            let probe_settings = config::probes(&start.sub, &flags, &start.file, &start.source)?;
-            let handler = start.load_handler(&handler_settings)?;
-            let components = start.load_probe_components(&probe_settings)?;
-            let listener = bind(handler_settings.listen, "--listen", "PULSE_LISTEN").await?;
-            let own = own_health_url(listener.local_addr()?)?;
-            let probers = start.aim(probe_settings, components.clone(), Some(own))?;
-            let shutdown = Shutdown::on_signals();
-            let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
-            start
-                .admin(args.serve.admin.admin_listen, readiness)
-                .await?;
-            let mut watched: Vec<Arc<dyn Reloadable>> = vec![handler.component()];
-            watched.extend(reloadable_probes(&components));
-            start.watch(watch, watched)?;
-            let serving = serve::serve(
-                listener,
-                handler,
-                start.metrics.clone(),
-                shutdown.clone().wait(),
-            );
-            let scheduling = schedule_all(probers, shutdown);
-            let (served, ()) = tokio::join!(serving, scheduling);
-            served?;
-        }
-        Command::Next(_) | Command::Check(_) => unreachable!("handled above"),
-    }
+}
+
+/// `pulse serve`: the handler on the main port until a signal.
+async fn serve_command(
+    cli: &Cli,
+    args: &ServeArgs,
+    file: ConfigFile,
+    source: String,
+) -> anyhow::Result<ExitCode> {
+    let settings = config::handler(args, cli.component_env.as_deref(), &file, &source)?;
+    let start = Start::new(cli, file, source, settings.options.max_concurrency)?;
+    let handler = start.load_handler(&settings)?;
+    let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
+    let shutdown = Shutdown::on_signals();
+    let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
+    start.admin(args.admin.admin_listen, readiness).await?;
+    start.watch(!cli.no_watch, vec![handler.component()])?;
+    serve::serve(listener, handler, start.metrics.clone(), shutdown.wait()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// What every long-running command starts from.
+/// `pulse schedule`: every probe on its schedule until a signal.
+async fn schedule_command(
+    cli: &Cli,
+    args: &ScheduleArgs,
+    file: ConfigFile,
+    source: String,
+) -> anyhow::Result<ExitCode> {
+    let flags = ProbeFlags {
+        component: args.probe.probe.as_ref(),
+        component_env: cli.component_env.as_deref(),
+        target: args.probe.target.as_ref(),
+        tuning: &args.probe.tuning,
+        when: &args.when,
+    };
+    let settings = config::probes(flags, &file, &source)?;
+    let start = Start::new(cli, file, source, 0)?;
+    let components = start.load_probe_components(&settings)?;
+    let probers = start.aim(settings, components.clone(), None)?;
+    let shutdown = Shutdown::on_signals();
+    start
+        .admin(args.admin.admin_listen, Readiness::new(shutdown.clone()))
+        .await?;
+    start.watch(!cli.no_watch, reloadable_probes(&components))?;
+    schedule_all(probers, shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pulse probe`: every probe once, now; exit 0 only if all were healthy.
+async fn probe_command(
+    cli: &Cli,
+    args: &ProbeArgs,
+    file: ConfigFile,
+    source: String,
+) -> anyhow::Result<ExitCode> {
+    let when = WhenArgs::default();
+    let flags = ProbeFlags {
+        component: args.probe.as_ref(),
+        component_env: cli.component_env.as_deref(),
+        target: args.target.as_ref(),
+        tuning: &args.tuning,
+        when: &when,
+    };
+    let settings = config::probes(flags, &file, &source)?;
+    let start = Start::new(cli, file, source, 0)?;
+    let components = start.load_probe_components(&settings)?;
+    let probers = start.aim(settings, components, None)?;
+    let mut healthy = true;
+    for (prober, _) in probers {
+        let record = prober.run(None).await;
+        record.emit();
+        healthy &= record.outcome == Outcome::Healthy;
+    }
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNHEALTHY)
+    })
+}
+
+/// `pulse run`: `serve` and `schedule` in one process; probes without a
+/// target check this server.
+async fn run_command(
+    cli: &Cli,
+    args: &RunArgs,
+    file: ConfigFile,
+    source: String,
+) -> anyhow::Result<ExitCode> {
+    let handler_settings =
+        config::handler(&args.serve, cli.component_env.as_deref(), &file, &source)?;
+    let flags = ProbeFlags {
+        component: args.probe.probe.as_ref(),
+        component_env: cli.component_env.as_deref(),
+        target: args.probe.target.as_ref(),
+        tuning: &args.probe.tuning,
+        when: &args.when,
+    };
+    let probe_settings = config::probes(flags, &file, &source)?;
+    let start = Start::new(cli, file, source, handler_settings.options.max_concurrency)?;
+    let handler = start.load_handler(&handler_settings)?;
+    let components = start.load_probe_components(&probe_settings)?;
+    let listener = bind(handler_settings.listen, "--listen", "PULSE_LISTEN").await?;
+    let own = own_health_url(listener.local_addr()?)?;
+    let probers = start.aim(probe_settings, components.clone(), Some(own))?;
+    let shutdown = Shutdown::on_signals();
+    let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
+    start
+        .admin(args.serve.admin.admin_listen, readiness)
+        .await?;
+    let mut watched: Vec<Arc<dyn Reloadable>> = vec![handler.component()];
+    watched.extend(reloadable_probes(&components));
+    start.watch(!cli.no_watch, watched)?;
+    let serving = serve::serve(
+        listener,
+        handler,
+        start.metrics.clone(),
+        shutdown.clone().wait(),
+    );
+    let scheduling = schedule_all(probers, shutdown);
+    let (served, ()) = tokio::join!(serving, scheduling);
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every command that loads components starts from.
 struct Start {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     file: ConfigFile,
-    source: String,
-    sub: ArgMatches,
 }
 
 impl Start {
+    /// The engine, sized for `handler_slots` concurrent requests, and the
+    /// metrics.
+    fn new(
+        cli: &Cli,
+        file: ConfigFile,
+        source: String,
+        handler_slots: usize,
+    ) -> anyhow::Result<Self> {
+        let global = config::global(cli, &file);
+        let limits = GuestLimits {
+            max_memory: usize::try_from(global.max_memory).unwrap_or(usize::MAX),
+            max_instances: u32::try_from(handler_slots)
+                .unwrap_or(u32::MAX)
+                .saturating_add(PROBE_INSTANCES),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let (budget, budget_source) = match global.memory_budget {
+            Some(bytes) => (bytes, BudgetSource::Configured),
+            None => memory::default_budget(),
+        };
+        tracing::debug!(memory_budget = budget, source = ?budget_source, config = %source,
+            "guest memory budget");
+        let runtime = Arc::new(
+            Runtime::new(
+                limits,
+                global.cache_dir.as_deref(),
+                Arc::new(metrics.memory_budget(budget)),
+            )
+            .context("cannot set up the WebAssembly engine")?,
+        );
+        Ok(Self {
+            runtime,
+            metrics,
+            file,
+        })
+    }
+
     fn load_handler(&self, settings: &HandlerSettings) -> anyhow::Result<Arc<Handler>> {
-        Ok(Arc::new(Handler::new(
+        let handler = Handler::new(
             self.runtime.clone(),
             &settings.component,
             settings.options.clone(),
             self.metrics.clone(),
-        )?))
+        )
+        .with_context(|| {
+            format!(
+                "{} {}",
+                settings.component_source,
+                settings.component.display()
+            )
+        })?;
+        Ok(Arc::new(handler))
     }
 
     /// Loads each probe's component (once per file); nothing is bound yet.
@@ -215,7 +247,14 @@ impl Start {
                 {
                     return Ok(component.clone());
                 }
-                let component = ProbeComponent::load(self.runtime.clone(), &settings.component)?;
+                let component = ProbeComponent::load(self.runtime.clone(), &settings.component)
+                    .with_context(|| {
+                        format!(
+                            "{} {}",
+                            settings.component_source,
+                            settings.component.display()
+                        )
+                    })?;
                 loaded.push((&settings.component, component.clone()));
                 Ok(component)
             })
@@ -237,7 +276,7 @@ impl Start {
                 let target = match (&settings.target, &default_target) {
                     (Some(target), _) | (None, Some(target)) => target.clone(),
                     (None, None) => {
-                        Target::parse(crate::cli::DEFAULT_TARGET).map_err(anyhow::Error::msg)?
+                        Target::parse(config::defaults::TARGET).map_err(anyhow::Error::msg)?
                     }
                 };
                 let prober = Prober::new(
@@ -347,11 +386,15 @@ where
 
 /// `pulse next`: the next firings, local and UTC, one per line.
 fn next_command(args: &NextArgs) -> anyhow::Result<ExitCode> {
-    let zone = parse_time_zone(&args.time_zone)?;
-    let schedule = Schedule::parse(&args.schedule, zone)?;
+    let expression = args
+        .schedule
+        .as_ref()
+        .map_or(config::defaults::SCHEDULE, Expression::as_str);
+    let zone = args.time_zone.map_or(chrono_tz::Tz::UTC, |zone| zone.0);
+    let schedule = Schedule::parse(expression, zone)?;
     let upcoming = schedule.upcoming(clock::now(), args.count as usize);
     if upcoming.is_empty() {
-        println!("{} in {} never fires", args.schedule, args.time_zone);
+        println!("{expression} in {zone} never fires");
     }
     for fire in upcoming {
         println!(

@@ -1,8 +1,11 @@
-//! The settings pulse runs with: the command line, the `PULSE_*`
-//! environment and an optional `pulse.toml`, merged and checked in one
-//! place. A flag or variable given explicitly wins over the file, and the
-//! file wins over the flag's default. Every error names the file, the key
-//! (or flag) and the reason.
+//! The settings pulse runs with, merged in one place: for every setting, a
+//! flag (or its `PULSE_*` environment variable) wins over `pulse.toml`, and
+//! `pulse.toml` over the default in [`defaults`]. Each is one line of the
+//! form `flag.or(file).unwrap_or(DEFAULT)` below. Values are typed where
+//! they enter: clap names the flag of a bad value, the TOML parser the
+//! file, line and key; what is left to check here (a missing component, a
+//! duplicate probe name, a malformed `KEY=VALUE`) names the file and
+//! section or the flag. Nothing below this module knows flags or keys.
 //!
 //! ```toml
 //! max_memory = "128Mi"
@@ -23,33 +26,71 @@
 //! starting_deadline_seconds = 300
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use clap::parser::ValueSource;
-use clap::ArgMatches;
 use serde::Deserialize;
 
-use crate::cli::{parse_duration, parse_size, ProbeTuning, ServeArgs, WhenArgs};
+use crate::cli::{Cli, ProbeTuning, ServeArgs, WhenArgs};
 use crate::outbound::{AllowList, AllowRule};
 use crate::pace::Pace;
 use crate::probe::{ProbeOptions, Target};
-use crate::schedule::{parse_time_zone, Schedule};
-use crate::scheduler::{ConcurrencyPolicy, Policy};
+use crate::schedule::{ConcurrencyPolicy, Expression, Policy, Schedule, Zone};
 use crate::serve::ServeOptions;
+use crate::units::{Dur, Size};
 
-/// `pulse.toml` as written.
+/// The default of every setting that has one.
+pub mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    /// Linear memory of one instance.
+    pub const MAX_MEMORY: u64 = 128 << 20;
+    /// The main port.
+    pub const LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 3000);
+    /// The admin port's port; its address is [`super::default_admin_listen`].
+    pub const ADMIN_PORT: u16 = 9090;
+    /// Requests in the handler at once.
+    pub const MAX_CONCURRENCY: u32 = 256;
+    /// Time one request may take.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Request body size.
+    pub const MAX_REQUEST_BODY: u64 = 1 << 20;
+    /// Time to send request headers, or to start the next request.
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    /// How long a client may keep pulse waiting on a body at a stretch.
+    pub const BODY_GRACE: Duration = Duration::from_secs(5);
+    /// Bytes a second a client must move on a body beyond the grace.
+    pub const MIN_BODY_RATE: u64 = 1024;
+    /// Drain time on SIGTERM.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+    /// The probe's target: the `api` Service, through the DNS search path.
+    pub const TARGET: &str = "http://api:3000/healthcheck";
+    /// Deadline of one probe attempt.
+    pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Retries after a transient probe failure.
+    pub const RETRIES: u32 = 2;
+    /// Wait before the first retry.
+    pub const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+    /// When probes fire.
+    pub const SCHEDULE: &str = "0 8 * * *";
+    /// The name of the single probe the command line describes.
+    pub const PROBE_NAME: &str = "probe";
+}
+
+/// `pulse.toml` as written, every value already of its type.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
-    /// Linear memory cap per instance, e.g. "128Mi".
-    pub max_memory: Option<String>,
-    /// Linear memory of all instances together, e.g. "192Mi".
-    pub memory_budget: Option<String>,
+    /// Linear memory cap per instance.
+    pub max_memory: Option<Size>,
+    /// Linear memory of all instances together.
+    pub memory_budget: Option<Size>,
     /// Address of the admin endpoints.
     pub admin_listen: Option<SocketAddr>,
     /// Wasmtime's compilation cache directory.
@@ -66,16 +107,16 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct HandlerSection {
     pub component: Option<PathBuf>,
-    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub env: Option<BTreeMap<String, String>>,
     pub listen: Option<SocketAddr>,
     pub max_concurrency: Option<u32>,
-    pub request_timeout: Option<String>,
-    pub max_request_body: Option<String>,
-    pub header_timeout: Option<String>,
-    pub body_grace: Option<String>,
-    pub min_body_rate: Option<String>,
-    pub shutdown_grace: Option<String>,
-    pub allow_outbound: Option<Vec<String>>,
+    pub request_timeout: Option<Dur>,
+    pub max_request_body: Option<Size>,
+    pub header_timeout: Option<Dur>,
+    pub body_grace: Option<Dur>,
+    pub min_body_rate: Option<Size>,
+    pub shutdown_grace: Option<Dur>,
+    pub allow_outbound: Option<Vec<AllowRule>>,
 }
 
 /// One `[[probe]]`.
@@ -84,14 +125,14 @@ pub struct HandlerSection {
 pub struct ProbeSection {
     pub name: String,
     pub component: PathBuf,
-    pub env: Option<std::collections::BTreeMap<String, String>>,
-    pub target: Option<String>,
-    pub schedule: Option<String>,
-    pub time_zone: Option<String>,
-    pub timeout: Option<String>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub target: Option<Target>,
+    pub schedule: Option<Expression>,
+    pub time_zone: Option<Zone>,
+    pub timeout: Option<Dur>,
     pub retries: Option<u32>,
-    pub retry_backoff: Option<String>,
-    pub allow_outbound: Option<Vec<String>>,
+    pub retry_backoff: Option<Dur>,
+    pub allow_outbound: Option<Vec<AllowRule>>,
     pub concurrency_policy: Option<ConcurrencyPolicy>,
     pub starting_deadline_seconds: Option<u64>,
     pub suspend: Option<bool>,
@@ -108,136 +149,39 @@ impl ConfigFile {
                 path.display()
             )
         })?;
-        toml::from_str(&text).map_err(|e| anyhow!("invalid config file {}: {e}", path.display()))
+        Self::parse(&text).map_err(|e| anyhow!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// Parses the text of a `pulse.toml`.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 }
 
-/// Everything `serve` (and the serving half of `run`) needs.
-pub struct HandlerSettings {
-    pub component: PathBuf,
-    pub listen: SocketAddr,
-    pub options: ServeOptions,
+/// The settings every command shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// Linear memory of one instance.
+    pub max_memory: u64,
+    /// Linear memory of all instances; `None`: derive it from the container.
+    pub memory_budget: Option<u64>,
+    /// Wasmtime's compilation cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
-/// One probe, ready to load and schedule.
-pub struct ProbeSettings {
-    pub name: String,
-    pub component: PathBuf,
-    /// `None` only for `run`'s flag-defined probe, which defaults to the
-    /// process's own server.
-    pub target: Option<Target>,
-    pub schedule: Schedule,
-    pub policy: Policy,
-    pub options: ProbeOptions,
-}
-
-/// Whether the argument `id` of `matches` was given on the command line or
-/// in the environment, rather than left at its default.
-fn explicit(matches: &ArgMatches, id: &str) -> bool {
-    matches!(
-        matches.value_source(id),
-        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-    )
-}
-
-/// The flag's value if given explicitly, else the file's (checked with
-/// `parse`, errors naming `where_` and `key`), else the flag's default.
-fn pick<T, F>(
-    matches: &ArgMatches,
-    id: &str,
-    flag_value: T,
-    file_value: Option<&F>,
-    parse: impl Fn(&F) -> Result<T, String>,
-    where_: &str,
-    key: &str,
-) -> anyhow::Result<T>
-where
-    F: ?Sized,
-{
-    match file_value {
-        Some(value) if !explicit(matches, id) => {
-            parse(value).map_err(|e| anyhow!("{where_}: {key}: {e}"))
-        }
-        _ => Ok(flag_value),
+/// The settings every command shares, from `cli` and `file`.
+pub fn global(cli: &Cli, file: &ConfigFile) -> Global {
+    Global {
+        max_memory: cli
+            .max_memory
+            .or(file.max_memory)
+            .map_or(defaults::MAX_MEMORY, |size| size.0),
+        memory_budget: cli.memory_budget.or(file.memory_budget).map(|size| size.0),
+        cache_dir: cli.cache_dir.clone().or_else(|| file.cache_dir.clone()),
     }
 }
 
-/// The flag's value if given explicitly, else the file's, else the flag's
-/// default: [`pick`] for values that need no parsing.
-fn chosen<T: Clone>(matches: &ArgMatches, id: &str, flag_value: T, file_value: Option<&T>) -> T {
-    match file_value {
-        Some(value) if !explicit(matches, id) => value.clone(),
-        _ => flag_value,
-    }
-}
-
-fn rules(texts: &[String], flag: &str) -> anyhow::Result<Vec<AllowRule>> {
-    texts
-        .iter()
-        .map(|text| text.trim())
-        .filter(|text| !text.is_empty())
-        .map(|text| AllowRule::parse(text).map_err(|e| anyhow!("{flag}: {e}")))
-        .collect()
-}
-
-/// The memory cap: `--max-memory` if explicit, else the file's.
-pub fn max_memory(
-    matches: &ArgMatches,
-    flag: u64,
-    file: &ConfigFile,
-    source: &str,
-) -> anyhow::Result<u64> {
-    pick(
-        matches,
-        "max_memory",
-        flag,
-        file.max_memory.as_deref(),
-        parse_size,
-        source,
-        "max_memory",
-    )
-}
-
-/// The memory budget of all instances: `--memory-budget` if given, else
-/// the file's, else `None` (derive it from the container).
-pub fn memory_budget(
-    flag: Option<u64>,
-    file: &ConfigFile,
-    source: &str,
-) -> anyhow::Result<Option<u64>> {
-    match (flag, &file.memory_budget) {
-        (Some(bytes), _) => Ok(Some(bytes)),
-        (None, Some(text)) => parse_size(text)
-            .map(Some)
-            .map_err(|e| anyhow!("{source}: memory_budget: {e}")),
-        (None, None) => Ok(None),
-    }
-}
-
-/// The environment a component sees: the section's `env`, then the
-/// `--component-env` entries (which win for the same key).
-pub fn component_env(
-    flag: &[String],
-    section: Option<&std::collections::BTreeMap<String, String>>,
-) -> anyhow::Result<Arc<Vec<(String, String)>>> {
-    let mut env: std::collections::BTreeMap<String, String> = section.cloned().unwrap_or_default();
-    for entry in flag.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-        match entry.split_once('=') {
-            Some((key, value)) if !key.is_empty() => {
-                env.insert(key.to_owned(), value.to_owned());
-            }
-            _ => bail!("invalid --component-env {entry:?}: write KEY=VALUE"),
-        }
-    }
-    Ok(Arc::new(env.into_iter().collect()))
-}
-
-/// The cache directory: `--cache-dir` if given, else the file's.
-pub fn cache_dir(flag: Option<&PathBuf>, file: &ConfigFile) -> Option<PathBuf> {
-    flag.or(file.cache_dir.as_ref()).cloned()
-}
-
-/// The admin address: `--admin-listen` if given, else the file's, else
+/// The admin address: `--admin-listen`, else the file's, else
 /// [`default_admin_listen`].
 pub fn admin_listen(flag: Option<SocketAddr>, file: &ConfigFile) -> SocketAddr {
     flag.or(file.admin_listen)
@@ -258,136 +202,144 @@ pub fn default_admin_listen(in_kubernetes: bool) -> SocketAddr {
     } else {
         std::net::Ipv4Addr::LOCALHOST
     };
-    SocketAddr::from((ip, 9090))
+    SocketAddr::from((ip, defaults::ADMIN_PORT))
 }
 
-/// The handler settings from `args` (whose matches are `matches`) and the
-/// file's `[handler]`.
+/// Everything `serve` (and the serving half of `run`) needs.
+#[derive(Debug)]
+pub struct HandlerSettings {
+    pub component: PathBuf,
+    /// Where the component's path was given, for error messages.
+    pub component_source: String,
+    pub listen: SocketAddr,
+    pub options: ServeOptions,
+}
+
+/// The handler settings from `args`, `--component-env` and the file's
+/// `[handler]` (read from `source`).
 pub fn handler(
-    matches: &ArgMatches,
     args: &ServeArgs,
-    component_env_flag: &[String],
+    component_env: Option<&[String]>,
     file: &ConfigFile,
     source: &str,
 ) -> anyhow::Result<HandlerSettings> {
     let empty = HandlerSection::default();
     let section = file.handler.as_ref().unwrap_or(&empty);
-    let where_ = format!("{source}: [handler]");
-    let component = match (&args.handler, &section.component) {
-        (Some(path), _) => path.clone(),
-        (None, Some(path)) => path.clone(),
+    let (component, component_source) = match (&args.handler, &section.component) {
+        (Some(path), _) => (path.clone(), "--handler".to_owned()),
+        (None, Some(path)) => (path.clone(), format!("{source}: [handler] component")),
         (None, None) => bail!(
             "no handler component: give --handler FILE (or PULSE_HANDLER), or `component` under [handler] in the config file"
         ),
     };
-    let duration = |s: &String| parse_duration(s);
-    let size = |s: &String| parse_size(s);
-    let allow_texts = chosen(
-        matches,
-        "handler_allow_outbound",
-        args.handler_allow_outbound.clone(),
-        section.allow_outbound.as_ref(),
-    );
+    let duration =
+        |flag: Option<Dur>, key: Option<Dur>, default| flag.or(key).map_or(default, |d| d.0);
+    let size =
+        |flag: Option<Size>, key: Option<Size>, default| flag.or(key).map_or(default, |s| s.0);
+    let max_concurrency = args
+        .max_concurrency
+        .or(section.max_concurrency)
+        .unwrap_or(defaults::MAX_CONCURRENCY);
+    if max_concurrency == 0 {
+        bail!("{source}: [handler] max_concurrency: must be at least 1");
+    }
+    let allow_outbound = args
+        .handler_allow_outbound
+        .clone()
+        .or_else(|| section.allow_outbound.clone())
+        .unwrap_or_default();
     let options = ServeOptions {
-        max_concurrency: pick(
-            matches,
-            "max_concurrency",
-            args.max_concurrency,
-            section.max_concurrency.as_ref(),
-            |n: &u32| {
-                if *n == 0 {
-                    Err("must be at least 1".into())
-                } else {
-                    Ok(*n)
-                }
-            },
-            &where_,
-            "max_concurrency",
-        )? as usize,
-        request_timeout: pick(
-            matches,
-            "request_timeout",
+        max_concurrency: max_concurrency as usize,
+        request_timeout: duration(
             args.request_timeout,
-            section.request_timeout.as_ref(),
-            duration,
-            &where_,
-            "request_timeout",
-        )?,
-        max_request_body: pick(
-            matches,
-            "max_request_body",
+            section.request_timeout,
+            defaults::REQUEST_TIMEOUT,
+        ),
+        max_request_body: size(
             args.max_request_body,
-            section.max_request_body.as_ref(),
-            size,
-            &where_,
-            "max_request_body",
-        )?,
-        header_timeout: pick(
-            matches,
-            "header_timeout",
+            section.max_request_body,
+            defaults::MAX_REQUEST_BODY,
+        ),
+        header_timeout: duration(
             args.header_timeout,
-            section.header_timeout.as_ref(),
-            duration,
-            &where_,
-            "header_timeout",
-        )?,
+            section.header_timeout,
+            defaults::HEADER_TIMEOUT,
+        ),
         body_pace: Pace {
-            grace: pick(
-                matches,
-                "body_grace",
-                args.body_grace,
-                section.body_grace.as_ref(),
-                duration,
-                &where_,
-                "body_grace",
-            )?,
-            min_rate: pick(
-                matches,
-                "min_body_rate",
+            grace: duration(args.body_grace, section.body_grace, defaults::BODY_GRACE),
+            min_rate: size(
                 args.min_body_rate,
-                section.min_body_rate.as_ref(),
-                size,
-                &where_,
-                "min_body_rate",
-            )?,
+                section.min_body_rate,
+                defaults::MIN_BODY_RATE,
+            ),
         },
-        shutdown_grace: pick(
-            matches,
-            "shutdown_grace",
+        shutdown_grace: duration(
             args.shutdown_grace,
-            section.shutdown_grace.as_ref(),
-            duration,
-            &where_,
-            "shutdown_grace",
-        )?,
-        outbound: Arc::new(AllowList::new(rules(
-            &allow_texts,
-            "--handler-allow-outbound",
-        )?)),
-        env: component_env(component_env_flag, section.env.as_ref())?,
+            section.shutdown_grace,
+            defaults::SHUTDOWN_GRACE,
+        ),
+        outbound: Arc::new(AllowList::new(allow_outbound)),
+        env: component_environment(component_env, section.env.as_ref())?,
     };
-    let listen = chosen(matches, "listen", args.listen, section.listen.as_ref());
     Ok(HandlerSettings {
         component,
-        listen,
+        component_source,
+        listen: args.listen.or(section.listen).unwrap_or(defaults::LISTEN),
         options,
     })
 }
 
-/// The flag-side view of one probe: which component and target flags say.
-pub struct ProbeFlags<'a> {
-    pub component: Option<&'a PathBuf>,
-    pub component_env: &'a [String],
-    pub target: Option<&'a str>,
-    pub tuning: &'a ProbeTuning,
-    pub when: Option<&'a WhenArgs>,
+/// The environment a component sees: the section's `env`, then the
+/// `--component-env` entries (which win for the same key).
+pub fn component_environment(
+    flag: Option<&[String]>,
+    section: Option<&BTreeMap<String, String>>,
+) -> anyhow::Result<Arc<Vec<(String, String)>>> {
+    let mut env: BTreeMap<String, String> = section.cloned().unwrap_or_default();
+    for entry in flag
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                env.insert(key.to_owned(), value.to_owned());
+            }
+            _ => bail!("invalid --component-env {entry:?}: write KEY=VALUE"),
+        }
+    }
+    Ok(Arc::new(env.into_iter().collect()))
 }
 
-/// The probes: those of the file, with explicitly given flags overriding
-/// their fields, or, when the file defines none, the one the flags describe.
+/// One probe, ready to load and schedule.
+#[derive(Debug)]
+pub struct ProbeSettings {
+    pub name: String,
+    pub component: PathBuf,
+    /// Where the component's path was given, for error messages.
+    pub component_source: String,
+    /// `None` when neither flag nor file names one: the caller's default.
+    pub target: Option<Target>,
+    pub schedule: Schedule,
+    pub policy: Policy,
+    pub options: ProbeOptions,
+}
+
+/// The flag-side view of the probes.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeFlags<'a> {
+    pub component: Option<&'a PathBuf>,
+    pub component_env: Option<&'a [String]>,
+    pub target: Option<&'a Target>,
+    pub tuning: &'a ProbeTuning,
+    pub when: &'a WhenArgs,
+}
+
+/// The probes: those of the file, with the flags given overriding their
+/// fields, or, when the file defines none, the one the flags describe.
 pub fn probes(
-    matches: &ArgMatches,
-    flags: &ProbeFlags<'_>,
+    flags: ProbeFlags<'_>,
     file: &ConfigFile,
     source: &str,
 ) -> anyhow::Result<Vec<ProbeSettings>> {
@@ -396,11 +348,11 @@ pub fn probes(
             bail!("no probe component: give --probe FILE (or PULSE_PROBE), or [[probe]] sections in the config file");
         };
         let section = ProbeSection {
-            name: crate::app::DEFAULT_PROBE_NAME.into(),
+            name: defaults::PROBE_NAME.into(),
             component: component.clone(),
             ..ProbeSection::default()
         };
-        return Ok(vec![probe(matches, flags, &section, "the command line")?]);
+        return Ok(vec![probe(flags, &section, "the command line")?]);
     }
     let mut names = HashSet::new();
     file.probes
@@ -413,109 +365,524 @@ pub fn probes(
             if !names.insert(section.name.as_str()) {
                 bail!("{where_}: the name is used by another probe; names must be unique");
             }
-            let mut section_flags = ProbeFlags { ..*flags };
-            if !explicit(matches, "probe") {
-                section_flags.component = None;
-            }
-            probe(matches, &section_flags, section, &where_)
+            probe(flags, section, &where_)
         })
         .collect()
 }
 
 fn probe(
-    matches: &ArgMatches,
-    flags: &ProbeFlags<'_>,
+    flags: ProbeFlags<'_>,
     section: &ProbeSection,
     where_: &str,
 ) -> anyhow::Result<ProbeSettings> {
-    let duration = |s: &String| parse_duration(s);
     let tuning = flags.tuning;
-    let component = flags
-        .component
-        .cloned()
-        .unwrap_or_else(|| section.component.clone());
-    let target_text = match (flags.target, &section.target) {
-        (Some(flag), Some(_)) if explicit(matches, "target") => Some(flag.to_owned()),
-        (_, Some(file)) => Some(file.clone()),
-        (flag, None) => flag.map(str::to_owned),
+    let when = flags.when;
+    let (component, component_source) = match flags.component {
+        Some(path) => (path.clone(), "--probe".to_owned()),
+        None => (section.component.clone(), format!("{where_}: component")),
     };
-    let target = target_text
-        .map(|text| Target::parse(&text).map_err(|e| anyhow!("{where_}: target: {e}")))
-        .transpose()?;
-    let allow_texts = chosen(
-        matches,
-        "allow_outbound",
-        tuning.allow_outbound.clone(),
-        section.allow_outbound.as_ref(),
-    );
+    let duration =
+        |flag: Option<Dur>, key: Option<Dur>, default| flag.or(key).map_or(default, |d| d.0);
     let options = ProbeOptions {
-        timeout: pick(
-            matches,
-            "timeout",
-            tuning.timeout,
-            section.timeout.as_ref(),
-            duration,
-            where_,
-            "timeout",
-        )?,
-        retries: chosen(matches, "retries", tuning.retries, section.retries.as_ref()),
-        retry_backoff: pick(
-            matches,
-            "retry_backoff",
+        timeout: duration(tuning.timeout, section.timeout, defaults::PROBE_TIMEOUT),
+        retries: tuning
+            .retries
+            .or(section.retries)
+            .unwrap_or(defaults::RETRIES),
+        retry_backoff: duration(
             tuning.retry_backoff,
-            section.retry_backoff.as_ref(),
-            duration,
-            where_,
-            "retry_backoff",
-        )?,
-        allow_outbound: rules(&allow_texts, "--allow-outbound")
-            .map_err(|e| anyhow!("{where_}: {e}"))?,
-        env: component_env(flags.component_env, section.env.as_ref())?,
+            section.retry_backoff,
+            defaults::RETRY_BACKOFF,
+        ),
+        allow_outbound: tuning
+            .allow_outbound
+            .clone()
+            .or_else(|| section.allow_outbound.clone())
+            .unwrap_or_default(),
+        env: component_environment(flags.component_env, section.env.as_ref())?,
     };
-    let defaults = WhenArgs::defaults();
-    let when = flags.when.unwrap_or(&defaults);
-    let expression = chosen(
-        matches,
-        "schedule",
-        when.schedule.clone(),
-        section.schedule.as_ref(),
-    );
-    let zone_name = chosen(
-        matches,
-        "time_zone",
-        when.time_zone.clone(),
-        section.time_zone.as_ref(),
-    );
-    let zone = parse_time_zone(&zone_name).map_err(|e| anyhow!("{where_}: {e}"))?;
-    let schedule = Schedule::parse(&expression, zone).map_err(|e| anyhow!("{where_}: {e}"))?;
+    let expression = when
+        .schedule
+        .as_ref()
+        .or(section.schedule.as_ref())
+        .map_or(defaults::SCHEDULE, Expression::as_str);
+    let zone = when
+        .time_zone
+        .or(section.time_zone)
+        .map_or(chrono_tz::Tz::UTC, |z| z.0);
+    let schedule = Schedule::parse(expression, zone).map_err(|e| anyhow!("{where_}: {e}"))?;
     let policy = Policy {
-        concurrency: chosen(
-            matches,
-            "concurrency_policy",
-            when.concurrency_policy,
-            section.concurrency_policy.as_ref(),
-        ),
-        starting_deadline: chosen(
-            matches,
-            "starting_deadline_seconds",
-            when.starting_deadline_seconds,
-            section.starting_deadline_seconds.map(Some).as_ref(),
-        )
-        .map(Duration::from_secs),
-        suspend: chosen(matches, "suspend", when.suspend, section.suspend.as_ref()),
-        run_at_start: chosen(
-            matches,
-            "run_at_start",
-            when.run_at_start,
-            section.run_at_start.as_ref(),
-        ),
+        concurrency: when
+            .concurrency_policy
+            .or(section.concurrency_policy)
+            .unwrap_or_default(),
+        starting_deadline: when
+            .starting_deadline_seconds
+            .or(section.starting_deadline_seconds)
+            .map(Duration::from_secs),
+        suspend: when.suspend.or(section.suspend).unwrap_or(false),
+        run_at_start: when.run_at_start.or(section.run_at_start).unwrap_or(false),
     };
     Ok(ProbeSettings {
         name: section.name.clone(),
         component,
-        target,
+        component_source,
+        target: flags.target.or(section.target.as_ref()).cloned(),
         schedule,
         policy,
         options,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    use crate::cli::Command;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("pulse").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    fn file(text: &str) -> ConfigFile {
+        ConfigFile::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+    }
+
+    /// The handler settings of `serve ARGS` with `toml` as the config file.
+    fn serve(args: &[&str], toml: &str) -> HandlerSettings {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        let cli = cli(&all);
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve")
+        };
+        handler(
+            serve,
+            cli.component_env.as_deref(),
+            &file(toml),
+            "pulse.toml",
+        )
+        .unwrap()
+    }
+
+    /// The probes of `schedule ARGS` with `toml` as the config file.
+    fn schedule(args: &[&str], toml: &str) -> Vec<ProbeSettings> {
+        let mut all = vec!["schedule"];
+        all.extend_from_slice(args);
+        let cli = cli(&all);
+        let Command::Schedule(schedule) = &cli.command else {
+            panic!("not schedule")
+        };
+        let flags = ProbeFlags {
+            component: schedule.probe.probe.as_ref(),
+            component_env: cli.component_env.as_deref(),
+            target: schedule.probe.target.as_ref(),
+            tuning: &schedule.probe.tuning,
+            when: &schedule.when,
+        };
+        probes(flags, &file(toml), "pulse.toml").unwrap()
+    }
+
+    /// For one handler setting: the default with neither, the file's value
+    /// over the default, and the flag's over the file's.
+    fn handler_precedence<T: PartialEq + std::fmt::Debug>(
+        flag: &[&str],
+        key: &str,
+        read: impl Fn(&HandlerSettings) -> T,
+        default: T,
+        from_file: T,
+        from_flag: T,
+    ) {
+        let base = ["--handler", "h.wasm"];
+        let toml = format!("[handler]\n{key}\n");
+        assert_eq!(read(&serve(&base, "")), default, "default of {key}");
+        assert_eq!(read(&serve(&base, &toml)), from_file, "file sets {key}");
+        let mut args = base.to_vec();
+        args.extend_from_slice(flag);
+        assert_eq!(
+            read(&serve(&args, &toml)),
+            from_flag,
+            "flag beats file for {key}"
+        );
+    }
+
+    #[test]
+    fn every_handler_setting_has_flag_over_file_over_default() {
+        let secs = Duration::from_secs;
+        handler_precedence(
+            &["--listen", "127.0.0.1:1"],
+            "listen = \"127.0.0.1:2\"",
+            |s| s.listen,
+            defaults::LISTEN,
+            "127.0.0.1:2".parse().unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+        );
+        handler_precedence(
+            &["--max-concurrency", "3"],
+            "max_concurrency = 7",
+            |s| s.options.max_concurrency,
+            256,
+            7,
+            3,
+        );
+        handler_precedence(
+            &["--request-timeout", "3s"],
+            "request_timeout = \"7s\"",
+            |s| s.options.request_timeout,
+            secs(30),
+            secs(7),
+            secs(3),
+        );
+        handler_precedence(
+            &["--max-request-body", "3Ki"],
+            "max_request_body = \"7Ki\"",
+            |s| s.options.max_request_body,
+            1 << 20,
+            7 << 10,
+            3 << 10,
+        );
+        handler_precedence(
+            &["--header-timeout", "3s"],
+            "header_timeout = 7",
+            |s| s.options.header_timeout,
+            secs(10),
+            secs(7),
+            secs(3),
+        );
+        handler_precedence(
+            &["--body-grace", "3s"],
+            "body_grace = \"7s\"",
+            |s| s.options.body_pace.grace,
+            secs(5),
+            secs(7),
+            secs(3),
+        );
+        handler_precedence(
+            &["--min-body-rate", "3"],
+            "min_body_rate = 7",
+            |s| s.options.body_pace.min_rate,
+            1024,
+            7,
+            3,
+        );
+        handler_precedence(
+            &["--shutdown-grace", "3s"],
+            "shutdown_grace = \"7s\"",
+            |s| s.options.shutdown_grace,
+            secs(20),
+            secs(7),
+            secs(3),
+        );
+        handler_precedence(
+            &["--handler-allow-outbound", "http://a:1"],
+            "allow_outbound = [\"http://b:2\"]",
+            |s| s.options.outbound.allows("http", "b", 2),
+            false,
+            true,
+            false,
+        );
+        handler_precedence(
+            &["--component-env", "A=flag"],
+            "env = { A = \"file\", B = \"file\" }",
+            |s| s.options.env.to_vec(),
+            vec![],
+            vec![("A".into(), "file".into()), ("B".into(), "file".into())],
+            vec![("A".into(), "flag".into()), ("B".into(), "file".into())],
+        );
+    }
+
+    #[test]
+    fn the_handler_component_comes_from_the_flag_or_the_file() {
+        let from_flag = serve(
+            &["--handler", "a.wasm"],
+            "[handler]\ncomponent = \"b.wasm\"\n",
+        );
+        assert_eq!(
+            (
+                from_flag.component.as_path(),
+                from_flag.component_source.as_str()
+            ),
+            (Path::new("a.wasm"), "--handler")
+        );
+        let cli = cli(&["serve"]);
+        let Command::Serve(args) = &cli.command else {
+            panic!()
+        };
+        let from_file = handler(
+            args,
+            None,
+            &file("[handler]\ncomponent = \"b.wasm\"\n"),
+            "pulse.toml",
+        )
+        .unwrap();
+        assert_eq!(from_file.component, Path::new("b.wasm"));
+        assert_eq!(
+            from_file.component_source,
+            "pulse.toml: [handler] component"
+        );
+        let missing = handler(args, None, &file(""), "pulse.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("--handler"), "{missing}");
+    }
+
+    #[test]
+    fn global_settings_have_flag_over_file_over_default() {
+        let toml = "max_memory = \"7Mi\"\nmemory_budget = \"70Mi\"\ncache_dir = \"/file\"\nadmin_listen = \"127.0.0.1:7\"\n";
+        let none = global(&cli(&["next"]), &file(""));
+        assert_eq!(
+            none,
+            Global {
+                max_memory: 128 << 20,
+                memory_budget: None,
+                cache_dir: None
+            }
+        );
+        let from_file = global(&cli(&["next"]), &file(toml));
+        assert_eq!(
+            from_file,
+            Global {
+                max_memory: 7 << 20,
+                memory_budget: Some(70 << 20),
+                cache_dir: Some("/file".into())
+            }
+        );
+        let flags = cli(&[
+            "next",
+            "--max-memory",
+            "3Mi",
+            "--memory-budget",
+            "30Mi",
+            "--cache-dir",
+            "/flag",
+        ]);
+        assert_eq!(
+            global(&flags, &file(toml)),
+            Global {
+                max_memory: 3 << 20,
+                memory_budget: Some(30 << 20),
+                cache_dir: Some("/flag".into())
+            }
+        );
+        assert_eq!(
+            admin_listen(None, &file(toml)),
+            "127.0.0.1:7".parse().unwrap()
+        );
+        assert_eq!(
+            admin_listen(Some("127.0.0.1:3".parse().unwrap()), &file(toml)),
+            "127.0.0.1:3".parse().unwrap()
+        );
+        assert_eq!(
+            default_admin_listen(false),
+            "127.0.0.1:9090".parse().unwrap()
+        );
+        assert_eq!(default_admin_listen(true), "0.0.0.0:9090".parse().unwrap());
+    }
+
+    /// For one probe setting: the default, the file's value, and the flag's
+    /// over the file's.
+    fn probe_precedence<T: PartialEq + std::fmt::Debug>(
+        flag: &[&str],
+        key: &str,
+        read: impl Fn(&ProbeSettings) -> T,
+        default: T,
+        from_file: T,
+        from_flag: T,
+    ) {
+        let flag_only = ["--probe", "p.wasm"];
+        assert_eq!(
+            read(&schedule(&flag_only, "")[0]),
+            default,
+            "default of {key}"
+        );
+        let toml = format!("[[probe]]\nname = \"a\"\ncomponent = \"p.wasm\"\n{key}\n");
+        assert_eq!(read(&schedule(&[], &toml)[0]), from_file, "file sets {key}");
+        assert_eq!(
+            read(&schedule(flag, &toml)[0]),
+            from_flag,
+            "flag beats file for {key}"
+        );
+    }
+
+    #[test]
+    fn every_probe_setting_has_flag_over_file_over_default() {
+        let secs = Duration::from_secs;
+        probe_precedence(
+            &["--target", "http://flag/"],
+            "target = \"http://file/\"",
+            |p| p.target.as_ref().map(|t| t.as_str().to_owned()),
+            None,
+            Some("http://file/".into()),
+            Some("http://flag/".into()),
+        );
+        probe_precedence(
+            &["--timeout", "3s"],
+            "timeout = \"7s\"",
+            |p| p.options.timeout,
+            secs(10),
+            secs(7),
+            secs(3),
+        );
+        probe_precedence(
+            &["--retries", "3"],
+            "retries = 7",
+            |p| p.options.retries,
+            2,
+            7,
+            3,
+        );
+        probe_precedence(
+            &["--retry-backoff", "3s"],
+            "retry_backoff = \"7s\"",
+            |p| p.options.retry_backoff,
+            secs(1),
+            secs(7),
+            secs(3),
+        );
+        probe_precedence(
+            &["--allow-outbound", "http://a:1"],
+            "allow_outbound = [\"http://b:2\"]",
+            |p| p.options.allow_outbound.clone(),
+            vec![],
+            vec!["http://b:2".parse().unwrap()],
+            vec!["http://a:1".parse().unwrap()],
+        );
+        probe_precedence(
+            &["--schedule", "0 3 * * *"],
+            "schedule = \"0 7 * * *\"",
+            |p| p.schedule.expression().to_owned(),
+            "0 8 * * *".into(),
+            "0 7 * * *".into(),
+            "0 3 * * *".into(),
+        );
+        probe_precedence(
+            &["--time-zone", "Asia/Tokyo"],
+            "time_zone = \"Europe/Paris\"",
+            |p| p.schedule.zone(),
+            chrono_tz::Tz::UTC,
+            chrono_tz::Tz::Europe__Paris,
+            chrono_tz::Tz::Asia__Tokyo,
+        );
+        probe_precedence(
+            &["--concurrency-policy", "replace"],
+            "concurrency_policy = \"Allow\"",
+            |p| p.policy.concurrency,
+            ConcurrencyPolicy::Forbid,
+            ConcurrencyPolicy::Allow,
+            ConcurrencyPolicy::Replace,
+        );
+        probe_precedence(
+            &["--starting-deadline-seconds", "3"],
+            "starting_deadline_seconds = 7",
+            |p| p.policy.starting_deadline,
+            None,
+            Some(secs(7)),
+            Some(secs(3)),
+        );
+        probe_precedence(
+            &["--suspend=false"],
+            "suspend = true",
+            |p| p.policy.suspend,
+            false,
+            true,
+            false,
+        );
+        probe_precedence(
+            &["--run-at-start=false"],
+            "run_at_start = true",
+            |p| p.policy.run_at_start,
+            false,
+            true,
+            false,
+        );
+        probe_precedence(
+            &["--probe", "flag.wasm"],
+            "",
+            |p| p.component.clone(),
+            PathBuf::from("p.wasm"),
+            PathBuf::from("p.wasm"),
+            PathBuf::from("flag.wasm"),
+        );
+        probe_precedence(
+            &["--component-env", "A=flag"],
+            "env = { A = \"file\" }",
+            |p| p.options.env.to_vec(),
+            vec![],
+            vec![("A".into(), "file".into())],
+            vec![("A".into(), "flag".into())],
+        );
+    }
+
+    #[test]
+    fn bare_boolean_flags_turn_on() {
+        let probes = schedule(&["--probe", "p.wasm", "--suspend", "--run-at-start"], "");
+        assert!(probes[0].policy.suspend && probes[0].policy.run_at_start);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_or_the_line_and_key() {
+        let error = Cli::try_parse_from(["pulse", "serve", "--request-timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--request-timeout") && error.contains("not a duration"),
+            "{error}"
+        );
+        let error = ConfigFile::parse(
+            "[handler]\nlisten = \"0.0.0.0:3000\"\nmax_request_body = \"lots\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("line 3")
+                && error.contains("max_request_body")
+                && error.contains("not a size"),
+            "{error}"
+        );
+        let error = ConfigFile::parse(
+            "[[probe]]\nname = \"a\"\ncomponent = \"p\"\ntime_zone = \"Moon/Base\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("line 4") && error.contains("Moon/Base"),
+            "{error}"
+        );
+        let error = ConfigFile::parse(
+            "[[probe]]\nname = \"a\"\ncomponent = \"p\"\nschedule = \"0 25 * * *\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("line 4") && error.contains("invalid schedule"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn probe_names_must_be_unique_and_present() {
+        let cli = cli(&["schedule"]);
+        let Command::Schedule(args) = &cli.command else {
+            panic!()
+        };
+        let flags = ProbeFlags {
+            component: None,
+            component_env: None,
+            target: None,
+            tuning: &args.probe.tuning,
+            when: &args.when,
+        };
+        let twice = file("[[probe]]\nname = \"a\"\ncomponent = \"p\"\n[[probe]]\nname = \"a\"\ncomponent = \"p\"\n");
+        let error = probes(flags, &twice, "pulse.toml").unwrap_err().to_string();
+        assert!(
+            error.contains("unique") && error.contains("pulse.toml"),
+            "{error}"
+        );
+        let error = probes(flags, &file(""), "pulse.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--probe"), "{error}");
+    }
 }

@@ -96,14 +96,6 @@ pub enum Role {
 }
 
 impl Role {
-    /// The flag that names the file for this role, for error messages.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Role::Handler => "--handler",
-            Role::Probe => "--probe",
-        }
-    }
-
     /// The role's name in logs and metrics.
     pub fn name(self) -> &'static str {
         match self {
@@ -144,41 +136,35 @@ impl Role {
 /// says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {role_flag} component {path}: {cause}. Check the path; `just build` writes the default components to target/components/")]
+    #[error("cannot read the {role} component {path}: {cause}. Check the path")]
     Read {
-        role_flag: &'static str,
+        role: &'static str,
         path: PathBuf,
         cause: std::io::Error,
     },
-    #[error("{role_flag} {path} is not a WebAssembly file (it does not start with the \\0asm magic bytes)")]
-    NotWasm {
-        role_flag: &'static str,
-        path: PathBuf,
-    },
-    #[error("{role_flag} {path} is a core WebAssembly module, not a component. Build it for wasm32-wasip2, or wrap it with `wasm-tools component new`")]
-    CoreModule {
-        role_flag: &'static str,
-        path: PathBuf,
-    },
-    #[error("{role_flag} {path} is not a valid component: {reason}")]
+    #[error("the {role} component {path} is not a WebAssembly file (it does not start with the \\0asm magic bytes)")]
+    NotWasm { role: &'static str, path: PathBuf },
+    #[error("the {role} component {path} is a core WebAssembly module, not a component. Build it for wasm32-wasip2, or wrap it with `wasm-tools component new`")]
+    CoreModule { role: &'static str, path: PathBuf },
+    #[error("the {role} component {path} is not a valid component: {reason}")]
     Invalid {
-        role_flag: &'static str,
+        role: &'static str,
         path: PathBuf,
         reason: String,
     },
     #[error(
-        "{role_flag} {path} does not export {missing}; it exports [{found}]. To use it here, {how}"
+        "the {role} component {path} does not export {missing}; it exports [{found}]. To use it here, {how}"
     )]
     MissingExport {
-        role_flag: &'static str,
+        role: &'static str,
         path: PathBuf,
         missing: &'static str,
         found: String,
         how: &'static str,
     },
-    #[error("{role_flag} {path} cannot be linked: {reason}. pulse provides the WASI 0.2 interfaces (wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, wasi:sockets, wasi:http) and nothing else")]
+    #[error("the {role} component {path} cannot be linked: {reason}. pulse provides the WASI 0.2 interfaces (wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, wasi:sockets, wasi:http) and nothing else")]
     Link {
-        role_flag: &'static str,
+        role: &'static str,
         path: PathBuf,
         reason: String,
     },
@@ -223,8 +209,6 @@ pub fn is_deadline(error: &wasmtime::Error) -> bool {
 pub struct StoreSetup {
     /// A short name for logs, e.g. `handler` or `probe`.
     pub component: Arc<str>,
-    /// The request the store serves, if any, for logs.
-    pub request_id: Option<Arc<str>>,
     /// Where the guest may send outgoing HTTP.
     pub outbound: Arc<AllowList>,
     /// When the guest is stopped if it is still running.
@@ -310,15 +294,10 @@ impl Runtime {
         })
     }
 
-    /// The engine, for callers that create stores or tick the epoch.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
     /// Reads the component file at `path` for `role`, with its digest.
     pub fn read(&self, path: &Path, role: Role) -> Result<ComponentFile, LoadError> {
         let bytes = std::fs::read(path).map_err(|cause| LoadError::Read {
-            role_flag: role.flag(),
+            role: role.name(),
             path: path.to_owned(),
             cause,
         })?;
@@ -335,20 +314,20 @@ impl Runtime {
         role: Role,
         bytes: &[u8],
     ) -> Result<InstancePre<HostState>, LoadError> {
-        let role_flag = role.flag();
+        let name = role.name();
         check_component_header(bytes).map_err(|kind| match kind {
             HeaderKind::NotWasm => LoadError::NotWasm {
-                role_flag,
+                role: name,
                 path: path.to_owned(),
             },
             HeaderKind::CoreModule => LoadError::CoreModule {
-                role_flag,
+                role: name,
                 path: path.to_owned(),
             },
         })?;
         let component =
             Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-                role_flag,
+                role: name,
                 path: path.to_owned(),
                 reason: format!("{e:#}"),
             })?;
@@ -356,7 +335,7 @@ impl Runtime {
         let exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
         if !exports.iter().any(|name| role.has_required_export(name)) {
             return Err(LoadError::MissingExport {
-                role_flag,
+                role: name,
                 path: path.to_owned(),
                 missing: role.required_export(),
                 found: exports.join(", "),
@@ -366,7 +345,7 @@ impl Runtime {
         self.linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link {
-                role_flag,
+                role: name,
                 path: path.to_owned(),
                 reason: format!("{e:#}"),
             })
@@ -382,16 +361,8 @@ impl Runtime {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&setup.env);
         let wasi = wasi
-            .stdout(GuestLog::new(
-                setup.component.clone(),
-                setup.request_id.clone(),
-                Stream::Stdout,
-            ))
-            .stderr(GuestLog::new(
-                setup.component.clone(),
-                setup.request_id,
-                Stream::Stderr,
-            ))
+            .stdout(GuestLog::new(setup.component.clone(), Stream::Stdout))
+            .stderr(GuestLog::new(setup.component.clone(), Stream::Stderr))
             .build();
         let state = HostState {
             wasi,

@@ -36,18 +36,14 @@ impl Stream {
 #[derive(Clone)]
 pub struct GuestLog {
     component: Arc<str>,
-    request_id: Option<Arc<str>>,
     stream: Stream,
 }
 
 impl GuestLog {
-    /// The `stream` of `component`, serving the request `request_id` if any.
-    pub fn new(component: Arc<str>, request_id: Option<Arc<str>>, stream: Stream) -> Self {
-        Self {
-            component,
-            request_id,
-            stream,
-        }
+    /// The `stream` of `component`. Its lines are logged in the span the
+    /// guest runs in, which names the request or probe run.
+    pub fn new(component: Arc<str>, stream: Stream) -> Self {
+        Self { component, stream }
     }
 }
 
@@ -61,6 +57,10 @@ impl StdoutStream for GuestLog {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(LineWriter {
             log: self.clone(),
+            // The guest asks for its stream while it runs, in the span of
+            // its request or probe run; the writes happen in a task of
+            // their own, so the lines are logged in the span taken here.
+            span: tracing::Span::current(),
             line: Vec::new(),
             dropped: 0,
         })
@@ -69,6 +69,7 @@ impl StdoutStream for GuestLog {
 
 struct LineWriter {
     log: GuestLog,
+    span: tracing::Span,
     line: Vec<u8>,
     /// Bytes of the current line past [`MAX_LINE`], not kept.
     dropped: usize,
@@ -98,11 +99,10 @@ impl LineWriter {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
         let (component, stream) = (&*self.log.component, self.log.stream.name());
-        let request_id = self.log.request_id.as_deref();
         let truncated_bytes = (self.dropped > 0).then_some(self.dropped);
+        let _in_span = self.span.enter();
         tracing::info!(
             component,
-            request_id,
             stream,
             line = text,
             truncated_bytes,
@@ -146,7 +146,8 @@ mod tests {
 
     fn writer() -> LineWriter {
         LineWriter {
-            log: GuestLog::new("test".into(), None, Stream::Stdout),
+            log: GuestLog::new("test".into(), Stream::Stdout),
+            span: tracing::Span::none(),
             line: Vec::new(),
             dropped: 0,
         }

@@ -1,10 +1,12 @@
 //! pulse runs WebAssembly components (WASI 0.2) on Wasmtime: it serves HTTP
 //! through a `wasi:http` handler and fires an HTTP probe on a cron schedule.
 //!
-//! The modules, one concern each:
+//! The modules, one concern each, private to the crate: the binary needs
+//! only [`Cli`], [`init_logging`] and [`run`].
 //! - [`cli`]: the command line and its `PULSE_*` environment variables.
 //! - [`config`]: flags, environment and `pulse.toml` merged into checked
-//!   settings.
+//!   settings, with every default and precedence rule in one place.
+//! - [`units`]: sizes and durations, parsed alike from flags and TOML.
 //! - [`app`]: what each subcommand does, validating every input before a
 //!   port is bound.
 //! - [`clock`]: the wall clock schedules are planned by.
@@ -45,24 +47,27 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod accept;
-pub mod admin;
-pub mod app;
-pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod engine;
-pub mod guest_log;
-pub mod logging;
-pub mod memory;
-pub mod metrics;
-pub mod outbound;
-pub mod pace;
-pub mod probe;
-pub mod reload;
-pub mod schedule;
-pub mod scheduler;
-pub mod serve;
-pub mod shutdown;
+mod accept;
+mod admin;
+mod app;
+mod cli;
+mod clock;
+mod config;
+mod engine;
+mod guest_log;
+mod logging;
+mod memory;
+mod metrics;
+mod outbound;
+mod pace;
+mod probe;
+mod reload;
+mod schedule;
+mod scheduler;
+mod serve;
+mod shutdown;
+mod units;
 
 pub use app::run;
+pub use cli::Cli;
+pub use logging::{init as init_logging, LogFormat};

@@ -2,9 +2,22 @@
 //! a terminal (containers), readable text when it is. `RUST_LOG` filters
 //! them (default `info`). Probe results are not diagnostics: they are the
 //! program's output and go to stdout (see `probe.rs`).
+//!
+//! Work that spans many events runs in a span carrying its identity (a
+//! request's id, method and path; a probe run's name and target). In JSON,
+//! every line is one flat object: the fields of the spans it happened in,
+//! outermost first, then its own, so `request_id` is a top-level key of
+//! every line a request causes, guest output included.
 
+use std::fmt;
 use std::io::IsTerminal;
 
+use serde_json::Value;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// The format of diagnostic lines.
@@ -32,11 +45,97 @@ pub fn init(format: LogFormat) {
         .with_target(false);
     if json {
         builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
             .init();
     } else {
         builder.init();
+    }
+}
+
+/// One JSON object per event: time, level, the fields of its spans and its
+/// own (a later one wins for the same key).
+struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        context: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Fields(Vec::new());
+        fields.put(
+            "timestamp",
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        fields.put("level", Value::String(event.metadata().level().to_string()));
+        if let Some(scope) = context.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(formatted) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(serde_json::Value::Object(map)) =
+                    serde_json::from_str::<Value>(&formatted.fields)
+                {
+                    for (key, value) in map {
+                        fields.put(&key, value);
+                    }
+                }
+            }
+        }
+        event.record(&mut fields);
+        writer.write_char('{')?;
+        for (i, (key, value)) in fields.0.iter().enumerate() {
+            if i > 0 {
+                writer.write_char(',')?;
+            }
+            // A string key and a JSON value always serialize.
+            write!(writer, "{}:{value}", Value::String(key.clone()))?;
+        }
+        writer.write_str("}\n")
+    }
+}
+
+/// Fields in the order they came, each key once.
+struct Fields(Vec<(String, Value)>);
+
+impl Fields {
+    fn put(&mut self, key: &str, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key.to_owned(), value)),
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field.name(), Value::String(format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field.name(), Value::String(value.to_owned()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field.name(), Value::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field.name(), Value::from(value));
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field.name(), Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field.name(), Value::from(value));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::Parser;
 
 /// mimalloc's `mi_option_arena_eager_commit` (its fifth option).
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
@@ -27,12 +27,8 @@ fn main() -> ExitCode {
     unsafe {
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0)
     };
-    let matches = pulse::cli::Cli::command().get_matches();
-    let cli = match pulse::cli::Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
-        Err(e) => e.exit(),
-    };
-    pulse::logging::init(cli.log_format);
+    let cli = pulse::Cli::parse();
+    pulse::init_logging(cli.log_format);
     // A worker that runs guests checks for I/O and timers every few task
     // polls rather than tokio's default 61: a guest yields at every epoch
     // tick, so even with every worker busy in guests, new connections, the
@@ -48,7 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    match runtime.block_on(pulse::run(cli, matches)) {
+    match runtime.block_on(pulse::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -54,6 +54,7 @@ impl MemoryBudget {
     }
 
     /// Bytes reserved now.
+    #[cfg(test)]
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
     }

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::probe::Outcome;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: u16,
@@ -30,7 +32,7 @@ struct ProbeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProbeOutcomeLabels {
     probe: String,
-    outcome: String,
+    outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -206,7 +208,7 @@ impl Metrics {
     pub fn probe_run(
         &self,
         probe: &str,
-        outcome: &str,
+        outcome: Outcome,
         status: Option<u16>,
         took: Duration,
         unix_now: f64,
@@ -214,7 +216,7 @@ impl Metrics {
         self.probe_runs
             .get_or_create(&ProbeOutcomeLabels {
                 probe: probe.into(),
-                outcome: outcome.into(),
+                outcome,
             })
             .inc();
         let labels = ProbeLabels {
@@ -225,7 +227,7 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::from(status));
         }
-        if outcome == "healthy" {
+        if outcome == Outcome::Healthy {
             self.probe_last_success.get_or_create(&labels).set(unix_now);
         }
         self.probe_duration

@@ -12,6 +12,16 @@ use http_body_util::BodyExt;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
 
+impl std::str::FromStr for AllowRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text.trim())
+    }
+}
+
+crate::units::deserialize_from_str!(AllowRule => "scheme://host:port, e.g. \"http://api:3000\"");
+
 /// One allowed destination: `scheme://host:port`, or any port with `*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllowRule {

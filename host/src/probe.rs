@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
 use crate::metrics::Metrics;
@@ -84,7 +85,7 @@ impl ProbeComponent {
 fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<ProbePre<HostState>, LoadError> {
     let instance_pre = runtime.compile(path, Role::Probe, bytes)?;
     ProbePre::new(instance_pre).map_err(|e| LoadError::MissingExport {
-        role_flag: Role::Probe.flag(),
+        role: Role::Probe.name(),
         path: path.to_owned(),
         missing: "check: func(target: string, deadline: duration) -> result<report, probe-error>",
         found: format!("a `check` of another type ({e:#})"),
@@ -126,7 +127,7 @@ pub struct Prober {
 }
 
 /// How a probe ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The target answered 2xx.
@@ -138,13 +139,78 @@ pub enum Outcome {
     Error,
 }
 
+impl Outcome {
+    /// The name in probe lines and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Healthy => "healthy",
+            Outcome::Unhealthy => "unhealthy",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Outcome {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Why a probe got no answer: the WIT `probe-error` cases the component
+/// reports, and what the host itself observes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The target's name did not resolve.
+    Dns,
+    /// Nothing listened at the target.
+    ConnectionRefused,
+    /// The connection broke before an answer.
+    ConnectionReset,
+    /// No answer within the deadline.
+    Timeout,
+    /// The target is not a URL the component can use.
+    InvalidTarget,
+    /// The component tried a destination it may not reach.
+    Denied,
+    /// Anything else the component reports.
+    Other,
+    /// The component itself trapped or broke its contract.
+    Component,
+}
+
+impl FailureKind {
+    /// Worth another try: the target may come back in a moment.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            FailureKind::ConnectionRefused | FailureKind::ConnectionReset | FailureKind::Timeout
+        )
+    }
+
+    /// The name in probe lines and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Dns => "dns",
+            FailureKind::ConnectionRefused => "connection_refused",
+            FailureKind::ConnectionReset => "connection_reset",
+            FailureKind::Timeout => "timeout",
+            FailureKind::InvalidTarget => "invalid_target",
+            FailureKind::Denied => "denied",
+            FailureKind::Other => "other",
+            FailureKind::Component => "component",
+        }
+    }
+}
+
 /// The error half of a probe line: a stable kind and a message for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProbeFailure {
-    /// One of `dns`, `connection_refused`, `connection_reset`, `timeout`,
-    /// `invalid_target`, `denied`, `other` (reported by the component) or
-    /// `component` (the component trapped or broke its contract).
-    pub kind: &'static str,
+    /// What kind of failure it was.
+    pub kind: FailureKind,
     /// What happened, for people.
     pub message: String,
 }
@@ -209,20 +275,20 @@ impl Target {
     /// Checks `target`; the error names it and says what is expected.
     pub fn parse(target: &str) -> Result<Self, String> {
         let url = url::Url::parse(target).map_err(|e| {
-            format!("invalid --target {target:?}: {e}. Expected an absolute URL such as http://api:3000/healthcheck")
+            format!("invalid target {target:?}: {e}. Expected an absolute URL such as http://api:3000/healthcheck")
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
-                "invalid --target {target:?}: scheme {:?} is not supported; use http or https",
+                "invalid target {target:?}: scheme {:?} is not supported; use http or https",
                 url.scheme()
             ));
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(format!("invalid --target {target:?}: the URL has no host"));
+            return Err(format!("invalid target {target:?}: the URL has no host"));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
-                "invalid --target {target:?}: credentials in the URL are not supported"
+                "invalid target {target:?}: credentials in the URL are not supported"
             ));
         }
         Ok(Self(target.to_string(), url))
@@ -239,6 +305,16 @@ impl Target {
     }
 }
 
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::parse(text)
+    }
+}
+
+crate::units::deserialize_from_str!(Target => "an http(s) URL such as \"http://api:3000/healthcheck\"");
+
 /// What one attempt came to.
 struct Attempt {
     outcome: Outcome,
@@ -248,7 +324,7 @@ struct Attempt {
 }
 
 impl Attempt {
-    fn failed(waited_ms: f64, kind: &'static str, message: String) -> Self {
+    fn failed(waited_ms: f64, kind: FailureKind, message: String) -> Self {
         Self {
             outcome: Outcome::Error,
             status: None,
@@ -259,12 +335,7 @@ impl Attempt {
 
     /// Worth another try: the target may come back in a moment.
     fn is_transient(&self) -> bool {
-        self.error.as_ref().is_some_and(|e| {
-            matches!(
-                e.kind,
-                "connection_refused" | "connection_reset" | "timeout"
-            )
-        })
+        self.error.as_ref().is_some_and(|e| e.kind.is_transient())
     }
 }
 
@@ -316,6 +387,12 @@ impl Prober {
     /// Runs the probe (retrying transient failures), each attempt on a
     /// fresh instance. Never fails: every failure becomes an `error` record.
     pub async fn run(&self, scheduled_for: Option<DateTime<Tz>>) -> ProbeRecord {
+        let span =
+            tracing::info_span!("probe_run", probe = %self.name, target = self.target.as_str());
+        self.run_attempts(scheduled_for).instrument(span).await
+    }
+
+    async fn run_attempts(&self, scheduled_for: Option<DateTime<Tz>>) -> ProbeRecord {
         let started = Instant::now();
         let mut attempts = 1;
         let mut backoff = self.options.retry_backoff;
@@ -327,10 +404,8 @@ impl Prober {
             }
             if let Some(error) = &attempt.error {
                 tracing::warn!(
-                    probe = %self.name,
-                    target = self.target.as_str(),
                     attempt = attempts,
-                    kind = error.kind,
+                    kind = error.kind.as_str(),
                     error = %error.message,
                     retry_in_ms = backoff.as_millis() as u64,
                     "probe attempt failed; retrying"
@@ -343,11 +418,7 @@ impl Prober {
         let now = crate::clock::now();
         self.metrics.probe_run(
             &self.name,
-            match last.outcome {
-                Outcome::Healthy => "healthy",
-                Outcome::Unhealthy => "unhealthy",
-                Outcome::Error => "error",
-            },
+            last.outcome,
             last.status,
             started.elapsed(),
             now.timestamp_millis() as f64 / 1000.0,
@@ -371,7 +442,6 @@ impl Prober {
         let limit = self.options.timeout + GRACE;
         let mut store = self.component.runtime.new_store(StoreSetup {
             component: Arc::from(self.name.as_str()),
-            request_id: None,
             outbound: self.outbound.clone(),
             deadline: started + limit,
             env: self.options.env.clone(),
@@ -381,7 +451,7 @@ impl Prober {
         let timed_out = || {
             Attempt::failed(
                 waited_ms,
-                "timeout",
+                FailureKind::Timeout,
                 format!(
                     "the probe component did not return within its {} ms deadline; the host stopped it",
                     self.options.timeout.as_millis()
@@ -391,8 +461,8 @@ impl Prober {
         if let Some(destination) = store.data().denied_destination() {
             return Attempt::failed(
                 waited_ms,
-                "denied",
-                format!("the probe tried to reach {destination}, which is not allowed: it may reach its target and the destinations given with --allow-outbound (PULSE_PROBE_ALLOW_OUTBOUND)"),
+                FailureKind::Denied,
+                format!("the probe tried to reach {destination}, which is not allowed: it may reach its target and the destinations of its allow-list (--allow-outbound, PULSE_PROBE_ALLOW_OUTBOUND or allow_outbound in pulse.toml)"),
             );
         }
         match result {
@@ -413,7 +483,7 @@ impl Prober {
             Ok(Err(trap)) if is_deadline(&trap) => timed_out(),
             Ok(Err(trap)) => Attempt::failed(
                 waited_ms,
-                "component",
+                FailureKind::Component,
                 format!(
                     "the probe component failed: {:#}",
                     anyhow::Error::from(trap)
@@ -440,13 +510,13 @@ impl Prober {
 
 fn failure(error: ProbeError) -> ProbeFailure {
     let (kind, message) = match error {
-        ProbeError::Dns(m) => ("dns", m),
-        ProbeError::ConnectionRefused(m) => ("connection_refused", m),
-        ProbeError::ConnectionReset(m) => ("connection_reset", m),
-        ProbeError::Denied(m) => ("denied", m),
-        ProbeError::Timeout(m) => ("timeout", m),
-        ProbeError::InvalidTarget(m) => ("invalid_target", m),
-        ProbeError::Other(m) => ("other", m),
+        ProbeError::Dns(m) => (FailureKind::Dns, m),
+        ProbeError::ConnectionRefused(m) => (FailureKind::ConnectionRefused, m),
+        ProbeError::ConnectionReset(m) => (FailureKind::ConnectionReset, m),
+        ProbeError::Denied(m) => (FailureKind::Denied, m),
+        ProbeError::Timeout(m) => (FailureKind::Timeout, m),
+        ProbeError::InvalidTarget(m) => (FailureKind::InvalidTarget, m),
+        ProbeError::Other(m) => (FailureKind::Other, m),
     };
     ProbeFailure { kind, message }
 }

@@ -32,10 +32,91 @@ pub struct Schedule {
 /// Why a schedule or time zone was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ScheduleError {
-    #[error("invalid --schedule {expression:?}: {reason}. Expected 5 fields (minute hour day-of-month month day-of-week, e.g. \"0 8 * * *\"), 6 with seconds first (e.g. \"*/10 * * * * *\"), or a macro such as @daily")]
+    #[error("invalid schedule {expression:?}: {reason}. Expected 5 fields (minute hour day-of-month month day-of-week, e.g. \"0 8 * * *\"), 6 with seconds first (e.g. \"*/10 * * * * *\"), or a macro such as @daily")]
     Expression { expression: String, reason: String },
-    #[error("unknown --time-zone {0:?}: use an IANA zone name such as UTC, Europe/Paris or America/New_York")]
+    #[error("unknown time zone {0:?}: use an IANA zone name such as UTC, Europe/Paris or America/New_York")]
     TimeZone(String),
+}
+
+/// A cron expression that parses (see the module docs), not yet tied to a
+/// time zone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expression(String);
+
+impl Expression {
+    /// The expression as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Expression {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Schedule::parse(text, Tz::UTC)
+            .map(|_| Self(text.to_owned()))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An IANA time zone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Zone(pub Tz);
+
+impl FromStr for Zone {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_time_zone(text).map(Zone).map_err(|e| e.to_string())
+    }
+}
+
+crate::units::deserialize_from_str!(
+    Expression => "a cron expression such as \"0 8 * * *\"",
+    Zone => "an IANA time zone such as \"Europe/Paris\"",
+    ConcurrencyPolicy => "Allow, Forbid or Replace",
+);
+
+/// What to do when a firing falls due while a run is still going
+/// (CronJob's `concurrencyPolicy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConcurrencyPolicy {
+    /// Run both.
+    Allow,
+    /// Skip the new firing, and log it.
+    #[default]
+    Forbid,
+    /// Cancel the running one, then start the new one.
+    Replace,
+}
+
+impl FromStr for ConcurrencyPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "allow" => Ok(Self::Allow),
+            "forbid" => Ok(Self::Forbid),
+            "replace" => Ok(Self::Replace),
+            _ => Err(format!(
+                "unknown concurrency policy {text:?}; use Allow, Forbid or Replace"
+            )),
+        }
+    }
+}
+
+/// How a schedule is kept: CronJob's fields of the same names.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Policy {
+    /// What to do with overlapping runs.
+    pub concurrency: ConcurrencyPolicy,
+    /// How late a firing may still start.
+    pub starting_deadline: Option<std::time::Duration>,
+    /// Whether firings are held back.
+    pub suspend: bool,
+    /// Also run once at start (unless suspended), unscheduled.
+    pub run_at_start: bool,
 }
 
 /// Parses an IANA time zone name.
@@ -53,7 +134,7 @@ impl Schedule {
         let trimmed = expression.trim();
         if trimmed.starts_with("TZ=") || trimmed.starts_with("CRON_TZ=") {
             return Err(fail(
-                "a time zone inside the expression is not supported; set --time-zone instead"
+                "a time zone inside the expression is not supported; give the time zone as a setting of its own"
                     .into(),
             ));
         }
@@ -433,9 +514,11 @@ mod firing_tests {
                         message.contains(&format!("{bad:?}")),
                         "message should quote {bad:?}: {message}"
                     );
+                    // The setting, not a flag: the caller says where it
+                    // was written (clap the flag, the TOML parser the key).
                     assert!(
-                        message.contains("--schedule"),
-                        "message should name the flag: {message}"
+                        message.contains("invalid schedule"),
+                        "message should name the setting: {message}"
                     );
                 }
                 other => panic!("{bad:?} should be refused, got {other:?}"),
@@ -447,7 +530,7 @@ mod firing_tests {
     fn unknown_time_zones_are_refused_by_name() {
         let error = parse_time_zone("Mars/Olympus_Mons").unwrap_err();
         assert!(error.to_string().contains("Mars/Olympus_Mons"));
-        assert!(error.to_string().contains("--time-zone"));
+        assert!(error.to_string().contains("unknown time zone"));
         assert!(parse_time_zone("Europe/Paris").is_ok());
     }
 

@@ -23,10 +23,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::clock;
 use crate::probe::Prober;
 use crate::schedule::{rfc3339, Schedule};
+use crate::schedule::{ConcurrencyPolicy, Policy};
 use crate::shutdown::Shutdown;
 
 /// Longest single sleep before the wall clock is read again.
@@ -35,32 +37,6 @@ const SLEEP_SLICE: Duration = Duration::from_secs(1);
 /// Most missed instants counted one by one after a long gap.
 const MAX_COUNTED: usize = 100_000;
 
-/// What to do when a firing falls due while a run is still going.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-pub enum ConcurrencyPolicy {
-    /// Run both.
-    Allow,
-    /// Skip the new firing, and log it.
-    #[default]
-    Forbid,
-    /// Cancel the running one, then start the new one.
-    Replace,
-}
-
-/// How a schedule is kept.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Policy {
-    /// What to do with overlapping runs.
-    pub concurrency: ConcurrencyPolicy,
-    /// How late a firing may still start.
-    pub starting_deadline: Option<Duration>,
-    /// Whether firings are held back.
-    pub suspend: bool,
-    /// Also run once at start (unless suspended), unscheduled.
-    pub run_at_start: bool,
-}
-
-/// What the planner says to do now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Due {
     /// Nothing is due before this instant.
@@ -100,6 +76,7 @@ impl Planner {
     }
 
     /// Suspends or resumes.
+    #[cfg(test)]
     pub fn set_suspended(&mut self, suspended: bool) {
         self.suspended = suspended;
     }
@@ -150,9 +127,15 @@ impl Planner {
 /// Fires `prober` on `schedule` under `policy` until `shutdown`; then waits
 /// for runs in flight (each ends by its deadline).
 pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
+    let span = tracing::info_span!("scheduler", probe = prober.name());
+    keep(prober, schedule, policy, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn keep(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
     let mut planner = Planner::new(schedule.clone(), &policy, clock::now());
     tracing::info!(
-        probe = prober.name(),
         schedule = schedule.expression(),
         time_zone = %schedule.zone(),
         target = prober.target(),
@@ -174,7 +157,6 @@ pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdo
         let wake = match planner.poll(clock::now()) {
             Due::Never => {
                 tracing::warn!(
-                    probe = prober.name(),
                     schedule = schedule.expression(),
                     "the schedule has no further firings"
                 );
@@ -186,7 +168,6 @@ pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdo
             }
             Due::Missed { at, count } => {
                 tracing::warn!(
-                    probe = prober.name(),
                     scheduled_for = rfc3339(&at),
                     missed = count,
                     starting_deadline_seconds = policy.starting_deadline.map(|d| d.as_secs()),
@@ -196,18 +177,14 @@ pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdo
             }
             Due::Suspended { at } => {
                 if announced_suspension != Some(at) {
-                    tracing::info!(
-                        probe = prober.name(),
-                        scheduled_for = rfc3339(&at),
-                        "suspended: not firing"
-                    );
+                    tracing::info!(scheduled_for = rfc3339(&at), "suspended: not firing");
                     announced_suspension = Some(at);
                 }
                 Some(clock::now() + SLEEP_SLICE)
             }
             Due::Fire { at, skipped } => {
                 if skipped > 0 {
-                    tracing::warn!(probe = prober.name(), skipped, scheduled_for = rfc3339(&at),
+                    tracing::warn!(skipped, scheduled_for = rfc3339(&at),
                         "earlier firings fell due in the same gap and were skipped; running the latest");
                 }
                 fire(&mut runs, &prober, at, policy.concurrency);
@@ -222,11 +199,7 @@ pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdo
     // Reap the runs that have already ended, so the count below is true.
     while runs.try_join_next().is_some() {}
     if !runs.is_empty() {
-        tracing::info!(
-            probe = prober.name(),
-            runs = runs.len(),
-            "waiting for probe runs in flight"
-        );
+        tracing::info!(runs = runs.len(), "waiting for probe runs in flight");
     }
     while runs.join_next().await.is_some() {}
 }
@@ -236,7 +209,6 @@ fn fire(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: DateTime<Tz>, policy: 
         match policy {
             ConcurrencyPolicy::Forbid => {
                 tracing::warn!(
-                    probe = prober.name(),
                     scheduled_for = rfc3339(&at),
                     "skipped: the previous run is still going (concurrencyPolicy Forbid)"
                 );
@@ -244,7 +216,6 @@ fn fire(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: DateTime<Tz>, policy: 
             }
             ConcurrencyPolicy::Replace => {
                 tracing::warn!(
-                    probe = prober.name(),
                     scheduled_for = rfc3339(&at),
                     cancelled = runs.len(),
                     "replacing the run still going (concurrencyPolicy Replace)"
@@ -259,7 +230,7 @@ fn fire(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: DateTime<Tz>, policy: 
 
 fn start_run(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: Option<DateTime<Tz>>) {
     let prober = prober.clone();
-    runs.spawn(async move { prober.run(at).await.emit() });
+    runs.spawn(async move { prober.run(at).await.emit() }.instrument(tracing::Span::current()));
 }
 
 /// Sleeps until the wall clock reads `when` (returns at once if it has), or

@@ -46,6 +46,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
+use tracing::Instrument;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -144,7 +145,9 @@ impl Handler {
     pub async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
         let started = Instant::now();
         let id = self.request_id(&request);
-        let mut response = self.answer(request, &id).await;
+        let span = tracing::info_span!("request", request_id = %id, method = %request.method(),
+            path = request.uri().path());
+        let mut response = self.answer(request, &id).instrument(span).await;
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
@@ -172,11 +175,11 @@ impl Handler {
     }
 
     async fn answer(&self, request: Request<Incoming>, id: &str) -> Response<HyperOutgoingBody> {
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
         let Some(slot) = self.slots.try_take() else {
-            tracing::warn!(request_id = id, %method, %path, max_concurrency = self.options.max_concurrency,
-                "all handler slots busy; answered 503");
+            tracing::warn!(
+                max_concurrency = self.options.max_concurrency,
+                "all handler slots busy; answered 503"
+            );
             let mut response = json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is at its concurrency limit; retry shortly",
@@ -189,7 +192,10 @@ impl Handler {
         };
         let limit = self.options.max_request_body;
         let too_large = || {
-            tracing::info!(request_id = id, %method, %path, max_request_body = limit, "request body too large; answered 413");
+            tracing::info!(
+                max_request_body = limit,
+                "request body too large; answered 413"
+            );
             let message =
                 format!("the request body is larger than the server's limit of {limit} bytes");
             closing(json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, id))
@@ -200,7 +206,7 @@ impl Handler {
         let verdict = Arc::new(BodyVerdict::default());
         let pace = self.options.body_pace;
         let request = request.map(|body| GuardedBody::new(body, limit, pace, verdict.clone()));
-        let answered = self.call_guest(request, id, slot).await;
+        let answered = self.call_guest(request, slot).await;
         // A body cut short decides the answer, whatever the guest made of
         // the error it read: a guest may well treat it as the end of the
         // body and answer 200.
@@ -208,8 +214,11 @@ impl Handler {
             return too_large();
         }
         if verdict.too_slow.load(Ordering::SeqCst) {
-            tracing::info!(request_id = id, %method, %path, body_grace_ms = pace.grace.as_millis() as u64,
-                min_body_rate = pace.min_rate, "request body came too slowly; answered 408");
+            tracing::info!(
+                body_grace_ms = pace.grace.as_millis() as u64,
+                min_body_rate = pace.min_rate,
+                "request body came too slowly; answered 408"
+            );
             return closing(json_error(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body came too slowly",
@@ -219,12 +228,15 @@ impl Handler {
         match answered {
             Ok(response) => response,
             Err(GuestFailure::BadRequest(reason)) => {
-                tracing::debug!(request_id = id, %method, %path, %reason, "rejected request");
+                tracing::debug!(%reason, "rejected request");
                 json_error(StatusCode::BAD_REQUEST, &reason, id)
             }
             Err(GuestFailure::Guest(error)) => {
-                tracing::error!(request_id = id, %method, %path, component = &*self.name,
-                    error = format!("{error:#}"), "handler component failed");
+                tracing::error!(
+                    component = &*self.name,
+                    error = format!("{error:#}"),
+                    "handler component failed"
+                );
                 json_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "the handler component failed",
@@ -232,9 +244,11 @@ impl Handler {
                 )
             }
             Err(GuestFailure::Timeout) => {
-                tracing::error!(request_id = id, %method, %path, component = &*self.name,
+                tracing::error!(
+                    component = &*self.name,
                     timeout_ms = self.options.request_timeout.as_millis() as u64,
-                    "handler component did not respond in time; stopped it");
+                    "handler component did not respond in time; stopped it"
+                );
                 json_error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the handler component did not respond in time",
@@ -250,13 +264,11 @@ impl Handler {
     async fn call_guest(
         &self,
         request: Request<GuardedBody>,
-        id: &str,
         slot: Slot,
     ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
         let timeout = self.options.request_timeout;
         let mut store = self.runtime.new_store(StoreSetup {
             component: self.name.clone(),
-            request_id: Some(Arc::from(id)),
             outbound: self.options.outbound.clone(),
             deadline: Instant::now() + timeout,
             env: self.options.env.clone(),
@@ -279,22 +291,25 @@ impl Handler {
         // store's deadline stops a guest that computes past the timeout; the
         // timer here stops one that waits past it. Either way the store is
         // dropped, and with it any response not yet set, then the slot.
-        let task = tokio::spawn(async move {
-            let call = async {
-                let started = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
-                metrics.instantiation("handler", started.elapsed());
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, incoming, outparam)
-                    .await
-            };
-            let outcome = tokio::time::timeout(timeout, call).await;
-            let refused = store.data().memory_refused();
-            drop(store);
-            drop(slot);
-            (outcome, refused)
-        });
+        let task = tokio::spawn(
+            async move {
+                let call = async {
+                    let started = Instant::now();
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    metrics.instantiation("handler", started.elapsed());
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, incoming, outparam)
+                        .await
+                };
+                let outcome = tokio::time::timeout(timeout, call).await;
+                let refused = store.data().memory_refused();
+                drop(store);
+                drop(slot);
+                (outcome, refused)
+            }
+            .instrument(tracing::Span::current()),
+        );
         match receiver.await {
             Ok(Ok(response)) => {
                 let guest = task.abort_handle();
@@ -475,7 +490,7 @@ impl Drop for GuestBody {
 fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<ProxyPre<HostState>, LoadError> {
     let instance_pre = runtime.compile(path, Role::Handler, bytes)?;
     ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingExport {
-        role_flag: Role::Handler.flag(),
+        role: Role::Handler.name(),
         path: path.to_owned(),
         missing: "wasi:http/incoming-handler@0.2.x with the standard handle signature",
         found: format!("an incompatible incoming-handler ({e:#})"),
