@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,7 +39,7 @@ pub const SATURATION_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub struct Readiness {
     loaded: Arc<AtomicBool>,
-    saturation: Option<Arc<Saturation>>,
+    saturation: Arc<OnceLock<Arc<Saturation>>>,
     shutdown: Shutdown,
 }
 
@@ -48,15 +48,15 @@ impl Readiness {
     pub fn new(shutdown: Shutdown) -> Self {
         Self {
             loaded: Arc::new(AtomicBool::new(false)),
-            saturation: None,
+            saturation: Arc::new(OnceLock::new()),
             shutdown,
         }
     }
 
-    /// Also not ready while the handler behind `saturation` is saturated.
-    pub fn with_saturation(mut self, saturation: Arc<Saturation>) -> Self {
-        self.saturation = Some(saturation);
-        self
+    /// From now on, also not ready while the handler behind `saturation`
+    /// is saturated.
+    pub fn watch_saturation(&self, saturation: Arc<Saturation>) {
+        let _ = self.saturation.set(saturation);
     }
 
     /// Marks the components as loaded and serving.
@@ -72,7 +72,7 @@ impl Readiness {
         if !self.loaded.load(Ordering::SeqCst) {
             return Err("components not loaded yet".into());
         }
-        let full_for = self.saturation.as_ref().and_then(|s| s.full_for());
+        let full_for = self.saturation.get().and_then(|s| s.full_for());
         match full_for {
             Some(busy) if busy >= SATURATION_GRACE => Err(format!(
                 "every handler slot has been busy for {} ms (--max-concurrency)",

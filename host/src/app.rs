@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, Readiness};
 use crate::cli::{
-    CheckArgs, CheckRole, Cli, Command, NextArgs, ProbeArgs, RunArgs, ScheduleArgs, ServeArgs,
-    WhenArgs,
+    CheckArgs, CheckRole, Cli, Command, CompileArgs, NextArgs, ProbeArgs, RunArgs, ScheduleArgs,
+    ServeArgs, WhenArgs,
 };
 use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
 use crate::engine::{GuestLimits, Role, Runtime, PROBE_INSTANCES};
@@ -42,6 +42,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let start = Start::new(&cli, file, source, 0)?;
             check_command(&start.runtime, args)
         }
+        Command::Compile(args) => {
+            let start = Start::new(&cli, file, source, 0)?;
+            compile_command(&start.runtime, args)
+        }
         Command::Serve(args) => serve_command(&cli, args, file, source).await,
         Command::Schedule(args) => schedule_command(&cli, args, file, source).await,
         Command::Probe(args) => probe_command(&cli, args, file, source).await,
@@ -58,11 +62,19 @@ async fn serve_command(
 ) -> anyhow::Result<ExitCode> {
     let settings = config::handler(args, cli.component_env.as_deref(), &file, &source)?;
     let start = Start::new(cli, file, source, settings.options.max_concurrency)?;
-    let handler = start.load_handler(&settings)?;
-    let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
+    start.precheck(
+        &[(&settings.component, &settings.component_source)],
+        Role::Handler,
+    )?;
     let shutdown = Shutdown::on_signals();
-    let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
-    start.admin(args.admin.admin_listen, readiness).await?;
+    let readiness = Readiness::new(shutdown.clone());
+    start
+        .admin(args.admin.admin_listen, readiness.clone())
+        .await?;
+    let handler = start.load_handler(&settings).await?;
+    readiness.watch_saturation(handler.saturation());
+    let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
+    readiness.set_loaded();
     start.watch(!cli.no_watch, vec![handler.component()])?;
     serve::serve(listener, handler, start.metrics.clone(), shutdown.wait()).await?;
     Ok(ExitCode::SUCCESS)
@@ -84,12 +96,15 @@ async fn schedule_command(
     };
     let settings = config::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, 0)?;
-    let components = start.load_probe_components(&settings)?;
-    let probers = start.aim(settings, components.clone(), None)?;
+    start.precheck_probes(&settings)?;
     let shutdown = Shutdown::on_signals();
+    let readiness = Readiness::new(shutdown.clone());
     start
-        .admin(args.admin.admin_listen, Readiness::new(shutdown.clone()))
+        .admin(args.admin.admin_listen, readiness.clone())
         .await?;
+    let components = start.load_probe_components(&settings).await?;
+    let probers = start.aim(settings, components.clone(), None)?;
+    readiness.set_loaded();
     start.watch(!cli.no_watch, reloadable_probes(&components))?;
     schedule_all(probers, shutdown).await;
     Ok(ExitCode::SUCCESS)
@@ -112,7 +127,7 @@ async fn probe_command(
     };
     let settings = config::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, 0)?;
-    let components = start.load_probe_components(&settings)?;
+    let components = start.load_probe_components(&settings).await?;
     let probers = start.aim(settings, components, None)?;
     let mut healthy = true;
     for (prober, _) in probers {
@@ -146,16 +161,26 @@ async fn run_command(
     };
     let probe_settings = config::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, handler_settings.options.max_concurrency)?;
-    let handler = start.load_handler(&handler_settings)?;
-    let components = start.load_probe_components(&probe_settings)?;
+    start.precheck(
+        &[(
+            &handler_settings.component,
+            &handler_settings.component_source,
+        )],
+        Role::Handler,
+    )?;
+    start.precheck_probes(&probe_settings)?;
+    let shutdown = Shutdown::on_signals();
+    let readiness = Readiness::new(shutdown.clone());
+    start
+        .admin(args.serve.admin.admin_listen, readiness.clone())
+        .await?;
+    let handler = start.load_handler(&handler_settings).await?;
+    readiness.watch_saturation(handler.saturation());
+    let components = start.load_probe_components(&probe_settings).await?;
     let listener = bind(handler_settings.listen, "--listen", "PULSE_LISTEN").await?;
     let own = own_health_url(listener.local_addr()?)?;
     let probers = start.aim(probe_settings, components.clone(), Some(own))?;
-    let shutdown = Shutdown::on_signals();
-    let readiness = Readiness::new(shutdown.clone()).with_saturation(handler.saturation());
-    start
-        .admin(args.serve.admin.admin_listen, readiness)
-        .await?;
+    readiness.set_loaded();
     let mut watched: Vec<Arc<dyn Reloadable>> = vec![handler.component()];
     watched.extend(reloadable_probes(&components));
     start.watch(!cli.no_watch, watched)?;
@@ -172,6 +197,9 @@ async fn run_command(
 }
 
 /// What every command that loads components starts from.
+///
+/// Each checks its components' files with [`Runtime::precheck`] before it
+/// binds any port, then binds the admin port, then compiles.
 struct Start {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
@@ -216,49 +244,76 @@ impl Start {
         })
     }
 
-    fn load_handler(&self, settings: &HandlerSettings) -> anyhow::Result<Arc<Handler>> {
-        let handler = Handler::new(
-            self.runtime.clone(),
-            &settings.component,
-            settings.options.clone(),
-            self.metrics.clone(),
-        )
-        .with_context(|| {
-            format!(
-                "{} {}",
-                settings.component_source,
-                settings.component.display()
-            )
-        })?;
+    /// [`Runtime::precheck`] for each `(path, where it was given)`.
+    fn precheck(
+        &self,
+        components: &[(&std::path::PathBuf, &String)],
+        role: Role,
+    ) -> anyhow::Result<()> {
+        for (path, source) in components {
+            self.runtime
+                .precheck(path, role)
+                .with_context(|| format!("{source} {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// [`Start::precheck`] for every probe's component.
+    fn precheck_probes(&self, settings: &[ProbeSettings]) -> anyhow::Result<()> {
+        let components: Vec<_> = settings
+            .iter()
+            .map(|s| (&s.component, &s.component_source))
+            .collect();
+        self.precheck(&components, Role::Probe)
+    }
+
+    /// Loads the handler on a blocking thread, so that the admin port
+    /// answers while it compiles.
+    async fn load_handler(&self, settings: &HandlerSettings) -> anyhow::Result<Arc<Handler>> {
+        let (runtime, metrics) = (self.runtime.clone(), self.metrics.clone());
+        let (path, options) = (settings.component.clone(), settings.options.clone());
+        let handler =
+            tokio::task::spawn_blocking(move || Handler::new(runtime, &path, options, metrics))
+                .await
+                .context("the thread loading the handler panicked")?
+                .with_context(|| {
+                    format!(
+                        "{} {}",
+                        settings.component_source,
+                        settings.component.display()
+                    )
+                })?;
         Ok(Arc::new(handler))
     }
 
-    /// Loads each probe's component (once per file); nothing is bound yet.
-    fn load_probe_components(
+    /// Loads each probe's component (once per file) on a blocking thread,
+    /// so that the admin port answers while they compile.
+    async fn load_probe_components(
         &self,
         settings: &[ProbeSettings],
     ) -> anyhow::Result<Vec<ProbeComponent>> {
-        let mut loaded: Vec<(&std::path::Path, ProbeComponent)> = Vec::new();
-        settings
+        let wanted: Vec<(std::path::PathBuf, String)> = settings
             .iter()
-            .map(|settings| {
-                if let Some((_, component)) =
-                    loaded.iter().find(|(path, _)| *path == settings.component)
-                {
-                    return Ok(component.clone());
-                }
-                let component = ProbeComponent::load(self.runtime.clone(), &settings.component)
-                    .with_context(|| {
-                        format!(
-                            "{} {}",
-                            settings.component_source,
-                            settings.component.display()
-                        )
-                    })?;
-                loaded.push((&settings.component, component.clone()));
-                Ok(component)
-            })
-            .collect()
+            .map(|s| (s.component.clone(), s.component_source.clone()))
+            .collect();
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut loaded: Vec<(&std::path::Path, ProbeComponent)> = Vec::new();
+            wanted
+                .iter()
+                .map(|(path, source)| {
+                    if let Some((_, component)) = loaded.iter().find(|(p, _)| p == path) {
+                        return Ok(component.clone());
+                    }
+                    let component = ProbeComponent::load(runtime.clone(), path)
+                        .with_context(|| format!("{source} {}", path.display()))?;
+                    loaded.push((path, component.clone()));
+                    Ok(component)
+                })
+                .collect()
+        })
+        .await
+        .context("the thread loading the probes panicked")?
     }
 
     /// Aims each loaded probe at its target; a probe without one gets
@@ -302,13 +357,13 @@ impl Start {
         )
     }
 
-    /// Binds the admin port (the file's address unless the flag is
-    /// explicit) and serves /livez, /readyz and /metrics on it for as long
-    /// as the process runs.
+    /// Binds the admin port (the flag's address, else the file's, else the
+    /// default) and serves /livez, /readyz and /metrics on it for as long
+    /// as the process runs. It binds before any component compiles, so
+    /// that the kubelet sees the process live while it does.
     async fn admin(&self, flag: Option<SocketAddr>, readiness: Readiness) -> anyhow::Result<()> {
         let address = config::admin_listen(flag, &self.file);
         let listener = bind(address, "--admin-listen", "PULSE_ADMIN_LISTEN").await?;
-        readiness.set_loaded();
         let metrics = self.metrics.clone();
         tokio::spawn(admin::serve(
             listener,
@@ -332,6 +387,43 @@ fn reloadable_probes(components: &[ProbeComponent]) -> Vec<Arc<dyn Reloadable>> 
         })
         .map(|c| c.reloadable() as Arc<dyn Reloadable>)
         .collect()
+}
+
+/// `pulse compile`: the component precompiled, written atomically.
+fn compile_command(runtime: &Runtime, args: &CompileArgs) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let wasm = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}: check the path", args.file.display()))?;
+    if crate::precompiled::is_precompiled(&wasm) {
+        anyhow::bail!(
+            "{} is already precompiled; give the component's .wasm",
+            args.file.display()
+        );
+    }
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| args.file.with_extension(crate::precompiled::EXTENSION));
+    let compiled = runtime
+        .precompile(&wasm)
+        .map_err(|e| anyhow::anyhow!("cannot compile {}: {e:#}", args.file.display()))?;
+    let staged = output.with_extension("cwasm.partial");
+    std::fs::write(&staged, &compiled)
+        .and_then(|()| std::fs::rename(&staged, &output))
+        .with_context(|| {
+            format!(
+                "cannot write {}: check that its directory is writable",
+                output.display()
+            )
+        })?;
+    println!(
+        "compiled {} into {} ({} bytes) in {:.1} s",
+        args.file.display(),
+        output.display(),
+        compiled.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `pulse check`: exit 0 if the file fits the role, 1 with the reason.

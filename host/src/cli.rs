@@ -96,6 +96,22 @@ pub enum Command {
     /// Check that a component fits a role, without running it: exit 0 if it
     /// does, 1 with the reason if not.
     Check(CheckArgs),
+    /// Compile a component ahead of time, for this pulse build and this
+    /// CPU, so that pulse loads it at once instead of compiling at start.
+    Compile(CompileArgs),
+}
+
+/// Flags of `pulse compile`.
+#[derive(Debug, Args)]
+pub struct CompileArgs {
+    /// The component (.wasm) to compile.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Where to write the precompiled component. [default: FILE with the
+    /// extension .cwasm, which pulse loads in place of FILE when it can]
+    #[arg(long, short, value_name = "OUT")]
+    pub output: Option<PathBuf>,
 }
 
 /// Flags of `pulse check`.

@@ -26,6 +26,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::guest_log::{GuestLog, Stream};
 use crate::memory::{GuestMemory, MemoryBudget, Refusal};
 use crate::outbound::{AllowList, HttpHooks};
+use crate::precompiled;
 
 /// How often the epoch advances, and so how often a running guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -162,6 +163,12 @@ pub enum LoadError {
         found: String,
         how: &'static str,
     },
+    #[error("the precompiled {role} component {path} cannot be used: {reason}")]
+    Precompiled {
+        role: &'static str,
+        path: PathBuf,
+        reason: precompiled::Refused,
+    },
     #[error("the {role} component {path} cannot be linked: {reason}. pulse provides the WASI 0.2 interfaces (wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, wasi:sockets, wasi:http) and nothing else")]
     Link {
         role: &'static str,
@@ -294,6 +301,58 @@ impl Runtime {
         })
     }
 
+    /// The checks of a component file that need no compiling: it can be
+    /// read, and it is a component (or a precompiled one this build can
+    /// use). Run before any port is bound; compiling finds the rest.
+    pub fn precheck(&self, path: &Path, role: Role) -> Result<(), LoadError> {
+        let name = role.name();
+        let candidates = precompiled::candidates(path);
+        let mut last = Ok(());
+        for candidate in &candidates {
+            let file = match self.read(candidate, role) {
+                Ok(file) => file,
+                Err(error) => {
+                    last = Err(error);
+                    continue;
+                }
+            };
+            last = if precompiled::is_precompiled(&file.bytes)
+                || candidate
+                    .extension()
+                    .is_some_and(|e| e == precompiled::EXTENSION)
+            {
+                precompiled::check_header(&self.engine, &file.bytes)
+                    .map(drop)
+                    .map_err(|reason| LoadError::Precompiled {
+                        role: name,
+                        path: candidate.clone(),
+                        reason,
+                    })
+            } else {
+                check_component_header(&file.bytes).map_err(|kind| match kind {
+                    HeaderKind::NotWasm => LoadError::NotWasm {
+                        role: name,
+                        path: candidate.clone(),
+                    },
+                    HeaderKind::CoreModule => LoadError::CoreModule {
+                        role: name,
+                        path: candidate.clone(),
+                    },
+                })
+            };
+            if last.is_ok() {
+                return Ok(());
+            }
+        }
+        last
+    }
+
+    /// Compiles the component `wasm` ahead of time, for this engine
+    /// configuration and this CPU (see [`precompiled`]).
+    pub fn precompile(&self, wasm: &[u8]) -> wasmtime::Result<Vec<u8>> {
+        precompiled::compile(&self.engine, wasm)
+    }
+
     /// Reads the component file at `path` for `role`, with its digest.
     pub fn read(&self, path: &Path, role: Role) -> Result<ComponentFile, LoadError> {
         let bytes = std::fs::read(path).map_err(|cause| LoadError::Read {
@@ -315,6 +374,29 @@ impl Runtime {
         bytes: &[u8],
     ) -> Result<InstancePre<HostState>, LoadError> {
         let name = role.name();
+        let component = if precompiled::is_precompiled(bytes)
+            || path
+                .extension()
+                .is_some_and(|e| e == precompiled::EXTENSION)
+        {
+            precompiled::load(&self.engine, bytes).map_err(|reason| LoadError::Precompiled {
+                role: name,
+                path: path.to_owned(),
+                reason,
+            })?
+        } else {
+            self.compile_wasm(path, name, bytes)?
+        };
+        self.check_and_link(path, role, &component)
+    }
+
+    /// Compiles (or fetches from the compilation cache) a `.wasm` component.
+    fn compile_wasm(
+        &self,
+        path: &Path,
+        name: &'static str,
+        bytes: &[u8],
+    ) -> Result<Component, LoadError> {
         check_component_header(bytes).map_err(|kind| match kind {
             HeaderKind::NotWasm => LoadError::NotWasm {
                 role: name,
@@ -325,12 +407,21 @@ impl Runtime {
                 path: path.to_owned(),
             },
         })?;
-        let component =
-            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-                role: name,
-                path: path.to_owned(),
-                reason: format!("{e:#}"),
-            })?;
+        Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+            role: name,
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        })
+    }
+
+    /// Checks that `component` exports what `role` calls, and links it.
+    fn check_and_link(
+        &self,
+        path: &Path,
+        role: Role,
+        component: &Component,
+    ) -> Result<InstancePre<HostState>, LoadError> {
+        let name = role.name();
         let ty = component.component_type();
         let exports: Vec<&str> = ty.exports(&self.engine).map(|(name, _)| name).collect();
         if !exports.iter().any(|name| role.has_required_export(name)) {
@@ -343,7 +434,7 @@ impl Runtime {
             });
         }
         self.linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| LoadError::Link {
                 role: name,
                 path: path.to_owned(),

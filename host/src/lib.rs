@@ -12,6 +12,8 @@
 //! - [`clock`]: the wall clock schedules are planned by.
 //! - [`engine`]: the Wasmtime engine and linker, the per-store state, and
 //!   loading a component for a role with precise errors.
+//! - [`precompiled`]: components compiled ahead of time (`pulse compile`),
+//!   loaded only when this build made them for this CPU.
 //! - [`outbound`]: the outbound HTTP allow-list each component runs under.
 //! - [`guest_log`]: a component's stdout/stderr as tagged, bounded log lines.
 //! - [`serve`]: the handler's HTTP server; one fresh store per request, the
@@ -60,6 +62,7 @@ mod memory;
 mod metrics;
 mod outbound;
 mod pace;
+mod precompiled;
 mod probe;
 mod reload;
 mod schedule;

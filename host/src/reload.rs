@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::engine::{ComponentFile, LoadError, Role, Runtime};
 use crate::metrics::Metrics;
+use crate::precompiled;
 
 /// How long the files must be quiet before a reload, so that a file being
 /// written is read once it is whole.
@@ -38,20 +39,99 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A loaded component that can be replaced while in use.
 pub trait Reloadable: Send + Sync {
-    /// The file it was loaded from.
+    /// The file it was configured as.
     fn path(&self) -> &Path;
     /// What it is loaded for.
     fn role(&self) -> Role;
-    /// The digest of the component in use.
+    /// The digest of the files it was loaded from (of the best candidate).
     fn digest(&self) -> String;
-    /// Compiles and checks `file` and, if it fits the role, swaps it in.
-    /// Slow (it may compile): call it off the async threads.
-    fn replace(&self, file: ComponentFile) -> anyhow::Result<()>;
+    /// Compiles and checks `files` (see [`read_candidates`]) and, if one
+    /// fits the role, swaps it in; returns the file it came from. Slow (it
+    /// may compile): call it off the async threads.
+    fn replace(&self, files: Candidates) -> Result<PathBuf, LoadError>;
 }
 
 /// Turns component bytes (read from a path) into what a role runs: compile,
 /// link and check the world.
 pub type Prepare<P> = fn(&Runtime, &Path, &[u8]) -> Result<P, LoadError>;
+
+/// The files a component may be loaded from, read, best first (see
+/// [`precompiled::candidates`]); never empty.
+pub struct Candidates(Vec<(PathBuf, ComponentFile)>);
+
+impl Candidates {
+    /// The digest that identifies this set: the best candidate's.
+    pub fn digest(&self) -> &str {
+        self.0.first().map_or("", |(_, file)| file.digest.as_str())
+    }
+}
+
+/// Reads every file `path` may be loaded from. An unreadable precompiled
+/// file beside the configured one is skipped with a warning; the
+/// configured file must be readable unless a precompiled one is.
+pub fn read_candidates(
+    runtime: &Runtime,
+    path: &Path,
+    role: Role,
+) -> Result<Candidates, LoadError> {
+    let mut files = Vec::new();
+    let mut first_error = None;
+    for candidate in precompiled::candidates(path) {
+        match runtime.read(&candidate, role) {
+            Ok(file) => files.push((candidate, file)),
+            Err(error) => {
+                if candidate != path {
+                    tracing::warn!(role = role.name(), path = %candidate.display(), reason = %error,
+                        "cannot read the file beside the component; ignoring it");
+                }
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match (files.is_empty(), first_error) {
+        (true, Some(error)) => Err(error),
+        _ => Ok(Candidates(files)),
+    }
+}
+
+/// Prepares the best of `files` that can be: a precompiled file that this
+/// build cannot use is logged with the reason, and the `.wasm` beside it is
+/// used instead. The error, if none can, is the last one's.
+fn prepare_best<P>(
+    runtime: &Runtime,
+    role: Role,
+    prepare: Prepare<P>,
+    files: &Candidates,
+) -> Result<(P, PathBuf), LoadError> {
+    let mut last_error = None;
+    for (i, (path, file)) in files.0.iter().enumerate() {
+        let started = std::time::Instant::now();
+        if !precompiled::is_precompiled(&file.bytes) {
+            tracing::info!(role = role.name(), path = %path.display(), bytes = file.bytes.len(),
+                "compiling the component; /livez answers meanwhile, /readyz once it is loaded");
+        }
+        match prepare(runtime, path, &file.bytes) {
+            Ok(pre) => {
+                tracing::info!(role = role.name(), path = %path.display(), digest = %file.digest,
+                    precompiled = precompiled::is_precompiled(&file.bytes),
+                    took_ms = started.elapsed().as_millis() as u64, "component loaded");
+                return Ok((pre, path.clone()));
+            }
+            Err(error) => {
+                if let Some((next, _)) = files.0.get(i + 1) {
+                    tracing::warn!(role = role.name(), path = %path.display(), reason = %error,
+                        instead = %next.display(), "cannot use this file; loading the one beside it");
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| LoadError::Read {
+        role: role.name(),
+        path: PathBuf::new(),
+        cause: std::io::Error::other("no file to load"),
+    }))
+}
 
 /// A component in use by one role, swappable while in use: readers take the
 /// current pre-instantiated component, [`Reloadable::replace`] stores a new
@@ -65,22 +145,23 @@ pub struct Swappable<P> {
 }
 
 impl<P: Clone + Send + Sync + 'static> Swappable<P> {
-    /// Reads and prepares the component at `path` for `role`.
+    /// Reads and prepares the component configured as `path` for `role`,
+    /// precompiled if it can be (see [`precompiled::candidates`]).
     pub fn load(
         runtime: Arc<Runtime>,
         path: &Path,
         role: Role,
         prepare: Prepare<P>,
     ) -> Result<Self, LoadError> {
-        let file = runtime.read(path, role)?;
-        let pre = prepare(&runtime, path, &file.bytes)?;
-        tracing::info!(role = role.name(), path = %path.display(), digest = %file.digest, "component loaded");
+        let files = read_candidates(&runtime, path, role)?;
+        let (pre, _) = prepare_best(&runtime, role, prepare, &files)?;
+        let digest = files.digest().to_owned();
         Ok(Self {
             runtime,
             path: path.to_owned(),
             role,
             prepare,
-            current: ArcSwap::from_pointee((pre, file.digest)),
+            current: ArcSwap::from_pointee((pre, digest)),
         })
     }
 
@@ -103,10 +184,11 @@ impl<P: Clone + Send + Sync + 'static> Reloadable for Swappable<P> {
         self.current.load().1.clone()
     }
 
-    fn replace(&self, file: ComponentFile) -> anyhow::Result<()> {
-        let pre = (self.prepare)(&self.runtime, &self.path, &file.bytes)?;
-        self.current.store(Arc::new((pre, file.digest)));
-        Ok(())
+    fn replace(&self, files: Candidates) -> Result<PathBuf, LoadError> {
+        let (pre, from) = prepare_best(&self.runtime, self.role, self.prepare, &files)?;
+        self.current
+            .store(Arc::new((pre, files.digest().to_owned())));
+        Ok(from)
     }
 }
 
@@ -153,9 +235,18 @@ fn watch_directories(
     components: &[Arc<dyn Reloadable>],
     triggers: mpsc::UnboundedSender<Trigger>,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
+    // A component's own name and the other form beside it (.wasm, .cwasm).
     let names: BTreeSet<OsString> = components
         .iter()
-        .filter_map(|c| c.path().file_name().map(OsString::from))
+        .flat_map(|c| {
+            let path = c.path();
+            [
+                path.with_extension("wasm"),
+                path.with_extension(precompiled::EXTENSION),
+                path.to_owned(),
+            ]
+        })
+        .filter_map(|p| p.file_name().map(OsString::from))
         .collect();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
@@ -269,9 +360,13 @@ struct FileState {
     rejected: Option<String>,
 }
 
+/// What tells changed files from unchanged ones without reading them: the
+/// metadata of each file the component may be loaded from.
+type Fingerprint = Vec<FileMetadata>;
+
 /// What tells a changed file from an unchanged one without reading it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Fingerprint {
+struct FileMetadata {
     device: u64,
     inode: u64,
     len: u64,
@@ -281,9 +376,16 @@ struct Fingerprint {
 }
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    precompiled::candidates(path)
+        .iter()
+        .map(|candidate| file_metadata(candidate))
+        .collect()
+}
+
+fn file_metadata(path: &Path) -> Option<FileMetadata> {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
+    Some(FileMetadata {
         device: meta.dev(),
         inode: meta.ino(),
         len: meta.len(),
@@ -349,8 +451,8 @@ async fn check_and_reload(
         tracing::debug!(path = %path.display(), "component file unchanged");
         return true;
     }
-    let file = match runtime.read(&path, role) {
-        Ok(file) => file,
+    let files = match read_candidates(runtime, &path, role) {
+        Ok(files) => files,
         Err(error) if is_transient(&error) => {
             tracing::warn!(role = role.name(), path = %path.display(), reason = %error,
                 retry_ms = RETRY_AFTER.as_millis() as u64,
@@ -366,17 +468,17 @@ async fn check_and_reload(
         }
     };
     state.read_as = seen;
-    if file.digest == previous || state.rejected.as_deref() == Some(file.digest.as_str()) {
+    let digest = files.digest().to_owned();
+    if digest == previous || state.rejected.as_deref() == Some(digest.as_str()) {
         tracing::debug!(path = %path.display(), "component content unchanged");
         return true;
     }
     state.rejected = None;
-    let digest = file.digest.clone();
-    let swapped = tokio::task::spawn_blocking(move || component.replace(file)).await;
+    let swapped = tokio::task::spawn_blocking(move || component.replace(files)).await;
     match swapped {
-        Ok(Ok(())) => {
+        Ok(Ok(from)) => {
             tracing::info!(event = "reload", outcome = "loaded", role = role.name(), path = %path.display(),
-                digest = %digest, previous_digest = %previous, "reloaded component");
+                from = %from.display(), digest = %digest, previous_digest = %previous, "reloaded component");
             metrics.reload(role.name(), "loaded");
         }
         Ok(Err(error)) => {
