@@ -81,7 +81,12 @@ run *ARGS: build
 
 # Run every test: unit, integration (real binary, real components), manifests, and the end-to-end DNS and container tests.
 test: setup-test build k8s-check image
-    PULSE_TEST_IMAGE={{image}} cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export PULSE_TEST_IMAGE={{image}}
+    export PULSE_TEST_HEALTH_IMAGE=$(just component-image {{components}}/health.wasm)
+    export PULSE_TEST_JS_IMAGE=$(just component-image {{components}}/health-js.wasm)
+    cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
     python3 ci/bench.py --smoke --pulse {{host_bin}} --health {{components}}/health.wasm
 
 # Build the container image (FROM scratch: the static binary and the default components) with podman, or docker.
@@ -95,6 +100,28 @@ image: build
     "$engine" build --quiet --file "$context/Containerfile" --tag {{image}} "$context" >/dev/null
     size=$("$engine" image inspect {{image}} --format '{{{{.Size}}')
     echo "built {{image}} with $(basename "$engine"): $((size / 1000)) kB"
+
+# Build a FROM scratch image holding only FILE as /component.wasm and its precompiled form /component.cwasm, for a Kubernetes image volume.
+component-image FILE TAG="": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    engine=$(command -v podman || command -v docker) || { echo "error: just component-image needs podman or docker" >&2; exit 1; }
+    file="{{FILE}}"
+    [ -f "$file" ] || { echo "error: no component at $file" >&2; exit 1; }
+    stem=$(basename "$file" .wasm)
+    tag="{{TAG}}"
+    tag=${tag:-localhost/pulse-component-$stem:{{version}}}
+    context=target/component-images/$stem
+    rm -rf "$context" && mkdir -p "$context"
+    cp "$file" "$context/component.wasm"
+    # Precompiled by this very pulse build, for this kind of CPU; pulse
+    # falls back to component.wasm (and says why) anywhere else.
+    target/release/pulse compile "$context/component.wasm" -o "$context/component.cwasm" >&2
+    printf 'FROM scratch\nCOPY component.wasm component.cwasm /\n' > "$context/Containerfile"
+    "$engine" build --quiet --file "$context/Containerfile" --tag "$tag" "$context" >/dev/null
+    digest=$("$engine" image inspect "$tag" --format '{{{{.Digest}}')
+    echo "built $tag ($digest) with $(basename "$engine"): mount it at /components and give --handler /components/component.wasm" >&2
+    echo "$tag"
 
 # Render the kustomizations and validate every object against the Kubernetes schemas and pulse's own policy.
 k8s-check: build-components

@@ -1,11 +1,15 @@
 //! The built image, run as two containers on a user-defined network: the
 //! api container answers under the network alias `api`, and the probe
 //! container, using the image's default component paths, logs
-//! `"status":200`.
+//! `"status":200`. Then the same with the api's component delivered as a
+//! component image mounted at /components (podman's `--mount type=image`,
+//! the mechanism of a Kubernetes image volume), once with `health.wasm`
+//! and once with the 13 MB JavaScript handler, which starts precompiled.
 //!
-//! Needs podman (or docker) and the image `just image` builds, named by
-//! `PULSE_TEST_IMAGE` (`just test` sets it). Skipped with a message when
-//! either is missing, except under CI (`CI` set), where it must run.
+//! Needs podman (or docker) and the images `just test` builds, named by
+//! `PULSE_TEST_IMAGE`, `PULSE_TEST_HEALTH_IMAGE` and `PULSE_TEST_JS_IMAGE`.
+//! Skipped with a message when any is missing, except under CI (`CI` set),
+//! where it must run.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -80,14 +84,28 @@ fn wait_for_log(engine: &str, container: &str, needle: &str) -> String {
     }
 }
 
-#[test]
-fn image_runs_as_api_and_probe_containers_on_one_network() {
+/// What the container tests need: the engine and the images.
+struct Images {
+    engine: &'static str,
+    pulse: String,
+    health: String,
+    js: String,
+}
+
+fn images() -> Option<Images> {
     let in_ci = std::env::var_os("CI").is_some();
-    let (Some(engine), Ok(image)) = (engine(), std::env::var("PULSE_TEST_IMAGE")) else {
-        let why = "it needs podman or docker and PULSE_TEST_IMAGE (run it through `just test`, which builds the image)";
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let found = (
+        engine(),
+        var("PULSE_TEST_IMAGE"),
+        var("PULSE_TEST_HEALTH_IMAGE"),
+        var("PULSE_TEST_JS_IMAGE"),
+    );
+    let (Some(engine), Some(pulse), Some(health), Some(js)) = found else {
+        let why = "it needs podman or docker, PULSE_TEST_IMAGE, PULSE_TEST_HEALTH_IMAGE and PULSE_TEST_JS_IMAGE (run it through `just test`, which builds the images)";
         assert!(!in_ci, "the container test must run in CI, but {why}");
         eprintln!("SKIPPED container test: {why}");
-        return;
+        return None;
     };
     if engine == "podman" && std::env::var_os("CONTAINERS_CONF").is_none() {
         // The settings this project's machines need (see ci/containers.conf).
@@ -96,10 +114,23 @@ fn image_runs_as_api_and_probe_containers_on_one_network() {
             concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/containers.conf"),
         );
     }
+    Some(Images {
+        engine,
+        pulse,
+        health,
+        js,
+    })
+}
+
+/// Runs an api container (its component from `component_image` mounted
+/// at /components, or the image's own) and a probe container reaching it
+/// as `api`; returns the api's logs once the probe logged a 200.
+fn api_and_probe(images: &Images, name: &str, component_image: Option<&str>) -> String {
+    let engine = images.engine;
     let id = std::process::id();
     let mut deployment = Deployment {
         engine,
-        network: format!("pulse-test-{id}"),
+        network: format!("pulse-test-{name}-{id}"),
         containers: Vec::new(),
     };
     run(engine, &["network", "create", &deployment.network]);
@@ -119,31 +150,36 @@ fn image_runs_as_api_and_probe_containers_on_one_network() {
         deployment.network
     );
 
-    let api = format!("pulse-test-api-{id}");
+    let api = format!("pulse-test-api-{name}-{id}");
     deployment.containers.push(api.clone());
-    run(
-        engine,
-        &[
-            "run",
-            "--detach",
-            "--name",
-            &api,
-            "--network",
-            &deployment.network,
-            "--network-alias",
-            "api",
-            "--dns",
-            &resolver,
-            "--read-only",
-            "--cap-drop",
-            "ALL",
-            &image,
-            "serve",
-        ],
-    );
+    let mount = component_image
+        .map(|image| format!("type=image,source={image},destination=/components,rw=false"));
+    let mut args = vec![
+        "run",
+        "--detach",
+        "--name",
+        &api,
+        "--network",
+        &deployment.network,
+        "--network-alias",
+        "api",
+        "--dns",
+        &resolver,
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+    ];
+    if let Some(mount) = &mount {
+        args.extend(["--mount", mount]);
+    }
+    args.extend([images.pulse.as_str(), "serve"]);
+    if mount.is_some() {
+        args.extend(["--handler", "/components/component.wasm"]);
+    }
+    run(engine, &args);
     wait_for_log(engine, &api, "\"listening\"");
 
-    let probe = format!("pulse-test-probe-{id}");
+    let probe = format!("pulse-test-probe-{name}-{id}");
     deployment.containers.push(probe.clone());
     run(
         engine,
@@ -159,7 +195,7 @@ fn image_runs_as_api_and_probe_containers_on_one_network() {
             "--read-only",
             "--cap-drop",
             "ALL",
-            &image,
+            &images.pulse,
             "schedule",
             "--target",
             "http://api:3000/healthcheck",
@@ -187,11 +223,44 @@ fn image_runs_as_api_and_probe_containers_on_one_network() {
         engine,
         &["inspect", &api, "--format", "{{.State.ExitCode}}"],
     );
+    let api_logs = logs(engine, &api);
     assert_eq!(
-        state,
-        "0",
-        "api container exit code after SIGTERM; logs:\n{}",
-        logs(engine, &api)
+        state, "0",
+        "api container exit code after SIGTERM; logs:\n{api_logs}"
     );
     drop(deployment);
+    api_logs
+}
+
+/// The line the api logged when its component was loaded.
+fn loaded_line(logs: &str) -> serde_json::Value {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "component loaded")
+        .unwrap_or_else(|| panic!("no component loaded line in:\n{logs}"))
+}
+
+#[test]
+fn image_runs_as_api_and_probe_containers_on_one_network() {
+    let Some(images) = images() else { return };
+    let logs = api_and_probe(&images, "default", None);
+    assert_eq!(loaded_line(&logs)["path"], "/components/health.wasm");
+}
+
+#[test]
+fn component_images_deliver_the_handler_precompiled_with_no_new_pulse_image() {
+    let Some(images) = images() else { return };
+    let logs = api_and_probe(&images, "health-image", Some(&images.health));
+    let loaded = loaded_line(&logs);
+    assert_eq!(loaded["path"], "/components/component.cwasm", "{loaded}");
+    assert_eq!(loaded["precompiled"], true);
+    // The 13 MB JavaScript handler: precompiled, it starts without compiling.
+    let logs = api_and_probe(&images, "js-image", Some(&images.js));
+    let loaded = loaded_line(&logs);
+    assert_eq!(loaded["path"], "/components/component.cwasm", "{loaded}");
+    assert_eq!(loaded["precompiled"], true);
+    assert!(
+        loaded["took_ms"].as_u64().unwrap() < 5_000,
+        "loading the precompiled JavaScript handler took {loaded}"
+    );
 }

@@ -12,6 +12,7 @@ mod cronjob;
 mod hardening;
 mod hostile;
 mod misbehaving_guests;
+mod precompiled;
 mod probe_once;
 mod reload;
 mod scheduled;
