@@ -35,12 +35,12 @@ lint:
     cargo clippy --locked -p pulse --all-targets -- -D warnings
     cargo test --locked -p pulse --lib
 
-# Build the components (release, wasm32-wasip2) into target/components/; health and probe also into k8s/base/components/.
+# Build the components (release, wasm32-wasip2) into target/components/; health and probe also into the ConfigMap overlay.
 build-components: setup
     cargo build --release --locked --target wasm32-wasip2 -p health -p probe -p faulty
-    mkdir -p {{components}} k8s/base/components
+    mkdir -p {{components}} k8s/overlays/configmap/components
     cp target/wasm32-wasip2/release/{health,probe,faulty}.wasm {{components}}/
-    cp {{components}}/health.wasm {{components}}/probe.wasm k8s/base/components/
+    cp {{components}}/health.wasm {{components}}/probe.wasm k8s/overlays/configmap/components/
 
 # Build the JavaScript health handler (components/health-js) with componentize-js from npm, when npm is there; 13 MB, about 40 s.
 build-js:
@@ -130,8 +130,9 @@ k8s-check: build-components
     out=target/k8s && mkdir -p "$out"
     kubectl kustomize k8s > "$out/base.yaml"
     kubectl kustomize k8s/overlays/cronjob > "$out/cronjob.yaml"
-    kubernetes-validate --strict --quiet --kubernetes-version 1.37.0 "$out/base.yaml" "$out/cronjob.yaml"
-    python3 ci/k8s_policy.py "$out/base.yaml" "$out/cronjob.yaml"
+    kubectl kustomize k8s/overlays/configmap > "$out/configmap.yaml"
+    kubernetes-validate --strict --quiet --kubernetes-version 1.37.0 "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml"
+    python3 ci/k8s_policy.py "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml"
 
 # Copy the vendored WASI WIT from the pinned wasmtime-wasi-http crate into wit/deps.
 vendor-wit:

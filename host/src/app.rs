@@ -232,7 +232,10 @@ impl Start {
         let runtime = Arc::new(
             Runtime::new(
                 limits,
-                global.cache_dir.as_deref(),
+                global
+                    .cache_dir
+                    .as_deref()
+                    .map(|dir| (dir, global.cache_max_size)),
                 Arc::new(metrics.memory_budget(budget)),
             )
             .context("cannot set up the WebAssembly engine")?,

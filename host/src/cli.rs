@@ -56,6 +56,13 @@ pub struct Cli {
     #[arg(long, env = "PULSE_CACHE_DIR", global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// The size the compilation cache is trimmed back to (a soft limit:
+    /// Wasmtime deletes old entries once it is passed). Keep it well below
+    /// the size limit of the volume holding --cache-dir. [default: 256Mi]
+    #[arg(long, env = "PULSE_CACHE_MAX_SIZE", value_parser = Size::from_str, global = true,
+          value_name = "SIZE")]
+    pub cache_max_size: Option<Size>,
+
     /// Environment variables every component sees, KEY=VALUE, comma-
     /// separated or repeated. [default: none; components see no variable of
     /// pulse's own environment]

@@ -50,6 +50,8 @@ pub mod defaults {
 
     /// Linear memory of one instance.
     pub const MAX_MEMORY: u64 = 128 << 20;
+    /// The compilation cache's soft size limit.
+    pub const CACHE_MAX_SIZE: u64 = 256 << 20;
     /// The main port.
     pub const LISTEN: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 3000);
@@ -95,6 +97,8 @@ pub struct ConfigFile {
     pub admin_listen: Option<SocketAddr>,
     /// Wasmtime's compilation cache directory.
     pub cache_dir: Option<PathBuf>,
+    /// The compilation cache's soft size limit.
+    pub cache_max_size: Option<Size>,
     /// The HTTP handler and its limits.
     pub handler: Option<HandlerSection>,
     /// Any number of named probes.
@@ -167,6 +171,8 @@ pub struct Global {
     pub memory_budget: Option<u64>,
     /// Wasmtime's compilation cache.
     pub cache_dir: Option<PathBuf>,
+    /// The compilation cache's soft size limit.
+    pub cache_max_size: u64,
 }
 
 /// The settings every command shares, from `cli` and `file`.
@@ -178,6 +184,10 @@ pub fn global(cli: &Cli, file: &ConfigFile) -> Global {
             .map_or(defaults::MAX_MEMORY, |size| size.0),
         memory_budget: cli.memory_budget.or(file.memory_budget).map(|size| size.0),
         cache_dir: cli.cache_dir.clone().or_else(|| file.cache_dir.clone()),
+        cache_max_size: cli
+            .cache_max_size
+            .or(file.cache_max_size)
+            .map_or(defaults::CACHE_MAX_SIZE, |size| size.0),
     }
 }
 

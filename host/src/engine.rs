@@ -267,15 +267,18 @@ impl Runtime {
     /// instance's memory is reserved from `budget`.
     pub fn new(
         limits: GuestLimits,
-        cache_dir: Option<&Path>,
+        cache: Option<(&Path, u64)>,
         budget: Arc<MemoryBudget>,
     ) -> anyhow::Result<Self> {
+        let cache_dir = cache.map(|(dir, _)| dir);
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&limits)));
-        if let Some(dir) = cache_dir {
+        if let Some((dir, max_size)) = cache {
             let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
+            cache
+                .with_directory(dir)
+                .with_files_total_size_soft_limit(max_size);
             let cache = Cache::new(cache).map_err(anyhow::Error::from).with_context(|| {
                 format!("cannot use --cache-dir {}: give a writable directory (an emptyDir in Kubernetes), or leave it unset", dir.display())
             })?;
