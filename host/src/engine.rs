@@ -275,9 +275,12 @@ impl Runtime {
         config.epoch_interruption(true);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&limits)));
         if let Some((dir, max_size)) = cache {
+            // Wasmtime wants an absolute path; a relative one means the
+            // working directory, as for every other path pulse is given.
+            let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
             let mut cache = CacheConfig::new();
             cache
-                .with_directory(dir)
+                .with_directory(absolute)
                 .with_files_total_size_soft_limit(max_size);
             let cache = Cache::new(cache).map_err(anyhow::Error::from).with_context(|| {
                 format!("cannot use --cache-dir {}: give a writable directory (an emptyDir in Kubernetes), or leave it unset", dir.display())
