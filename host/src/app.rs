@@ -87,13 +87,7 @@ async fn schedule_command(
     file: ConfigFile,
     source: String,
 ) -> anyhow::Result<ExitCode> {
-    let flags = ProbeFlags {
-        component: args.probe.probe.as_ref(),
-        component_env: cli.component_env.as_deref(),
-        target: args.probe.target.as_ref(),
-        tuning: &args.probe.tuning,
-        when: &args.when,
-    };
+    let flags = ProbeFlags::new(cli, &args.probe, &args.when);
     let settings = config::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, 0)?;
     start.precheck_probes(&settings)?;
@@ -118,13 +112,7 @@ async fn probe_command(
     source: String,
 ) -> anyhow::Result<ExitCode> {
     let when = WhenArgs::default();
-    let flags = ProbeFlags {
-        component: args.probe.as_ref(),
-        component_env: cli.component_env.as_deref(),
-        target: args.target.as_ref(),
-        tuning: &args.tuning,
-        when: &when,
-    };
+    let flags = ProbeFlags::new(cli, args, &when);
     let settings = config::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, 0)?;
     let components = start.load_probe_components(&settings).await?;
@@ -152,13 +140,7 @@ async fn run_command(
 ) -> anyhow::Result<ExitCode> {
     let handler_settings =
         config::handler(&args.serve, cli.component_env.as_deref(), &file, &source)?;
-    let flags = ProbeFlags {
-        component: args.probe.probe.as_ref(),
-        component_env: cli.component_env.as_deref(),
-        target: args.probe.target.as_ref(),
-        tuning: &args.probe.tuning,
-        when: &args.when,
-    };
+    let flags = ProbeFlags::new(cli, &args.probe, &args.when);
     let probe_settings = config::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, handler_settings.options.max_concurrency)?;
     start.precheck(

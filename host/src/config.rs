@@ -35,7 +35,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 
-use crate::cli::{Cli, ProbeTuning, ServeArgs, WhenArgs};
+use crate::cli::{Cli, ProbeArgs, ProbeTuning, ServeArgs, WhenArgs};
 use crate::outbound::{AllowList, AllowRule};
 use crate::pace::Pace;
 use crate::probe::{ProbeOptions, Target};
@@ -346,6 +346,19 @@ pub struct ProbeFlags<'a> {
     pub when: &'a WhenArgs,
 }
 
+impl<'a> ProbeFlags<'a> {
+    /// The flags of a command's probe and schedule sections.
+    pub fn new(cli: &'a Cli, probe: &'a ProbeArgs, when: &'a WhenArgs) -> Self {
+        Self {
+            component: probe.probe.as_ref(),
+            component_env: cli.component_env.as_deref(),
+            target: probe.target.as_ref(),
+            tuning: &probe.tuning,
+            when,
+        }
+    }
+}
+
 /// The probes: those of the file, with the flags given overriding their
 /// fields, or, when the file defines none, the one the flags describe.
 pub fn probes(
@@ -485,13 +498,7 @@ mod tests {
         let Command::Schedule(schedule) = &cli.command else {
             panic!("not schedule")
         };
-        let flags = ProbeFlags {
-            component: schedule.probe.probe.as_ref(),
-            component_env: cli.component_env.as_deref(),
-            target: schedule.probe.target.as_ref(),
-            tuning: &schedule.probe.tuning,
-            when: &schedule.when,
-        };
+        let flags = ProbeFlags::new(&cli, &schedule.probe, &schedule.when);
         probes(flags, &file(toml), "pulse.toml").unwrap()
     }
 
@@ -640,14 +647,15 @@ mod tests {
 
     #[test]
     fn global_settings_have_flag_over_file_over_default() {
-        let toml = "max_memory = \"7Mi\"\nmemory_budget = \"70Mi\"\ncache_dir = \"/file\"\nadmin_listen = \"127.0.0.1:7\"\n";
+        let toml = "max_memory = \"7Mi\"\nmemory_budget = \"70Mi\"\ncache_dir = \"/file\"\ncache_max_size = \"7Mi\"\nadmin_listen = \"127.0.0.1:7\"\n";
         let none = global(&cli(&["next"]), &file(""));
         assert_eq!(
             none,
             Global {
                 max_memory: 128 << 20,
                 memory_budget: None,
-                cache_dir: None
+                cache_dir: None,
+                cache_max_size: 256 << 20,
             }
         );
         let from_file = global(&cli(&["next"]), &file(toml));
@@ -656,7 +664,8 @@ mod tests {
             Global {
                 max_memory: 7 << 20,
                 memory_budget: Some(70 << 20),
-                cache_dir: Some("/file".into())
+                cache_dir: Some("/file".into()),
+                cache_max_size: 7 << 20,
             }
         );
         let flags = cli(&[
@@ -667,13 +676,16 @@ mod tests {
             "30Mi",
             "--cache-dir",
             "/flag",
+            "--cache-max-size",
+            "3Mi",
         ]);
         assert_eq!(
             global(&flags, &file(toml)),
             Global {
                 max_memory: 3 << 20,
                 memory_budget: Some(30 << 20),
-                cache_dir: Some("/flag".into())
+                cache_dir: Some("/flag".into()),
+                cache_max_size: 3 << 20,
             }
         );
         assert_eq!(

@@ -349,6 +349,29 @@ pub async fn send(
     (parts.status, parts.headers, body)
 }
 
+/// POSTs `chunks` chunks of `size` bytes to `path` with chunked transfer
+/// encoding (no content-length) on a raw connection, and returns the whole
+/// answer as text.
+pub async fn post_chunked(addr: SocketAddr, path: &str, chunks: usize, size: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect to pulse");
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    let chunk = vec![b'c'; size];
+    for _ in 0..chunks {
+        raw.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+        raw.extend_from_slice(&chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    stream.write_all(&raw).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// The peak resident memory of process `pid`, in bytes (VmHWM).
 pub fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");

@@ -141,19 +141,7 @@ async fn over_large_bodies_get_413_declared_or_streamed() {
         .contains("65536 bytes"));
 
     // Chunked, with no content-length: caught while the guest reads it.
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let chunk = vec![b'b'; 8192];
-    let mut raw = format!("POST /body HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n").into_bytes();
-    for _ in 0..16 {
-        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        raw.extend_from_slice(&chunk);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"0\r\n\r\n");
-    stream.write_all(&raw).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = common::post_chunked(addr, "/body", 16, 8192).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert_still_serving(addr).await;
 }

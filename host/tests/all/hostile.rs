@@ -377,22 +377,7 @@ async fn a_reload_lands_in_bounded_time_while_neighbours_keep_the_directory_busy
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_gets_413_even_from_a_lenient_guest() {
     let (_pulse, addr) = serve_faulty(&["--max-request-body", "16Ki"]).await;
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut raw = format!(
-        "POST /body-lenient HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
-    )
-    .into_bytes();
-    let chunk = vec![b'c'; 4096];
-    for _ in 0..8 {
-        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-        raw.extend_from_slice(&chunk);
-        raw.extend_from_slice(b"\r\n");
-    }
-    raw.extend_from_slice(b"0\r\n\r\n");
-    stream.write_all(&raw).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = common::post_chunked(addr, "/body-lenient", 8, 4096).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // Under the limit the same guest answers 200 with the length.
     let (status, stream) = status_only(
