@@ -475,7 +475,7 @@ async fn the_shipped_probe_config_is_valid() {
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../k8s/base/pulse.toml");
     let text = std::fs::read_to_string(&shipped).unwrap();
     let probe = component("probe");
-    let text = text.replace("/components/probe.wasm", probe.to_str().unwrap());
+    let text = text.replace("/components/component.wasm", probe.to_str().unwrap());
     let config = write_config("shipped", &text);
     let target = Target::start(StatusCode::OK).await;
     let url = target.url();
