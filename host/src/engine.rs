@@ -222,6 +222,8 @@ pub struct StoreSetup {
     pub deadline: Instant,
     /// The environment variables the guest sees.
     pub env: Arc<Vec<(String, String)>>,
+    /// The span the guest's output is logged in (its request or probe run).
+    pub span: tracing::Span,
 }
 
 impl WasiView for HostState {
@@ -458,8 +460,16 @@ impl Runtime {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&setup.env);
         let wasi = wasi
-            .stdout(GuestLog::new(setup.component.clone(), Stream::Stdout))
-            .stderr(GuestLog::new(setup.component.clone(), Stream::Stderr))
+            .stdout(GuestLog::new(
+                setup.component.clone(),
+                Stream::Stdout,
+                setup.span.clone(),
+            ))
+            .stderr(GuestLog::new(
+                setup.component.clone(),
+                Stream::Stderr,
+                setup.span,
+            ))
             .build();
         let state = HostState {
             wasi,

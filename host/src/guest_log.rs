@@ -37,13 +37,19 @@ impl Stream {
 pub struct GuestLog {
     component: Arc<str>,
     stream: Stream,
+    span: tracing::Span,
 }
 
 impl GuestLog {
-    /// The `stream` of `component`. Its lines are logged in the span the
-    /// guest runs in, which names the request or probe run.
-    pub fn new(component: Arc<str>, stream: Stream) -> Self {
-        Self { component, stream }
+    /// The `stream` of `component`; its lines are logged in `span`, which
+    /// names the request or probe run. (The writes happen in a task of
+    /// their own, so the span is carried here rather than entered.)
+    pub fn new(component: Arc<str>, stream: Stream, span: tracing::Span) -> Self {
+        Self {
+            component,
+            stream,
+            span,
+        }
     }
 }
 
@@ -57,10 +63,7 @@ impl StdoutStream for GuestLog {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(LineWriter {
             log: self.clone(),
-            // The guest asks for its stream while it runs, in the span of
-            // its request or probe run; the writes happen in a task of
-            // their own, so the lines are logged in the span taken here.
-            span: tracing::Span::current(),
+            span: self.span.clone(),
             line: Vec::new(),
             dropped: 0,
         })
@@ -146,7 +149,7 @@ mod tests {
 
     fn writer() -> LineWriter {
         LineWriter {
-            log: GuestLog::new("test".into(), Stream::Stdout),
+            log: GuestLog::new("test".into(), Stream::Stdout, tracing::Span::none()),
             span: tracing::Span::none(),
             line: Vec::new(),
             dropped: 0,

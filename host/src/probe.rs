@@ -445,6 +445,7 @@ impl Prober {
             outbound: self.outbound.clone(),
             deadline: started + limit,
             env: self.options.env.clone(),
+            span: tracing::Span::current(),
         });
         let result = tokio::time::timeout(limit, self.call(&mut store)).await;
         let waited_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -272,6 +272,7 @@ impl Handler {
             outbound: self.options.outbound.clone(),
             deadline: Instant::now() + timeout,
             env: self.options.env.clone(),
+            span: tracing::Span::current(),
         });
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
@@ -291,25 +292,22 @@ impl Handler {
         // store's deadline stops a guest that computes past the timeout; the
         // timer here stops one that waits past it. Either way the store is
         // dropped, and with it any response not yet set, then the slot.
-        let task = tokio::spawn(
-            async move {
-                let call = async {
-                    let started = Instant::now();
-                    let proxy = pre.instantiate_async(&mut store).await?;
-                    metrics.instantiation("handler", started.elapsed());
-                    proxy
-                        .wasi_http_incoming_handler()
-                        .call_handle(&mut store, incoming, outparam)
-                        .await
-                };
-                let outcome = tokio::time::timeout(timeout, call).await;
-                let refused = store.data().memory_refused();
-                drop(store);
-                drop(slot);
-                (outcome, refused)
-            }
-            .instrument(tracing::Span::current()),
-        );
+        let task = tokio::spawn(async move {
+            let call = async {
+                let started = Instant::now();
+                let proxy = pre.instantiate_async(&mut store).await?;
+                metrics.instantiation("handler", started.elapsed());
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+            };
+            let outcome = tokio::time::timeout(timeout, call).await;
+            let refused = store.data().memory_refused();
+            drop(store);
+            drop(slot);
+            (outcome, refused)
+        });
         match receiver.await {
             Ok(Ok(response)) => {
                 let guest = task.abort_handle();
