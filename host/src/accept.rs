@@ -99,9 +99,21 @@ pub(crate) async fn serve<S, F, B>(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = &mut shutdown => break,
         };
-        live.retain(|state| !state.ended.load(Ordering::SeqCst));
-        if open.load(Ordering::SeqCst) >= limits.max_connections {
-            match live.iter().position(|state| state.is_idle()) {
+        let open_now = open.load(Ordering::SeqCst);
+        // Forget ended connections now and then (amortised), and those at
+        // the front whenever the oldest idle one is looked for: a flood of
+        // connections costs no scan of every open one per accept.
+        if live.len() > 2 * open_now + 64 {
+            live.retain(|state| !state.has_ended());
+        }
+        if open_now >= limits.max_connections {
+            while live.front().is_some_and(|state| state.has_ended()) {
+                live.pop_front();
+            }
+            let oldest_idle = live
+                .iter()
+                .position(|state| !state.has_ended() && state.is_idle());
+            match oldest_idle {
                 Some(oldest_idle) => {
                     if let Some(state) = live.remove(oldest_idle) {
                         state.evict.notify_one();
@@ -200,6 +212,10 @@ struct ConnectionState {
 impl ConnectionState {
     fn is_idle(&self) -> bool {
         self.in_progress.load(Ordering::SeqCst) == 0
+    }
+
+    fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
     }
 }
 
