@@ -33,6 +33,9 @@ const SETTLE: Duration = Duration::from_millis(150);
 /// directory cannot postpone it further.
 const MAX_SETTLE: Duration = Duration::from_secs(1);
 
+/// How often the files' metadata is looked at, whatever the events say.
+const STAT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// When to try again after a file could not be read for want of file
 /// descriptors or memory.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -200,6 +203,12 @@ enum Trigger {
     Files,
     /// SIGHUP, or a retry: read and hash every file.
     Everything,
+    /// A look at the metadata only, every [`STAT_INTERVAL`] and
+    /// [`MAX_SETTLE`] after a look for file events: as [`Trigger::Files`],
+    /// without waiting for quiet and scheduling no further look. It
+    /// catches a change whose event was lost or came before the file
+    /// settled.
+    Recheck,
 }
 
 /// Reloads each of `components` whose file changes (when `watch` is on)
@@ -216,6 +225,23 @@ pub fn spawn(
     } else {
         None
     };
+    if watch {
+        // File events can be lost (an inotify queue overflow) or come
+        // before a file settles: a look at the metadata now and then,
+        // which reads nothing unless it changed, bounds how long a change
+        // can go unseen.
+        let triggers = triggers.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(STAT_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if triggers.send(Trigger::Recheck).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     spawn_sighup(triggers.clone());
     tokio::spawn(async move {
         // Dropping the watcher stops it: keep it as long as the loop runs.
@@ -341,6 +367,13 @@ async fn reload_loop(
         for (component, state) in components.iter().zip(states.iter_mut()) {
             retry |= !check_and_reload(component.clone(), trigger, &runtime, &metrics, state).await;
         }
+        if trigger == Trigger::Files {
+            let triggers = triggers.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(MAX_SETTLE).await;
+                let _ = triggers.send(Trigger::Recheck);
+            });
+        }
         if retry {
             let triggers = triggers.clone();
             tokio::spawn(async move {
@@ -447,7 +480,8 @@ async fn check_and_reload(
     let role = component.role();
     let previous = component.digest();
     let seen = fingerprint(&path);
-    if trigger == Trigger::Files && seen.is_some() && seen == state.read_as {
+    let by_metadata = matches!(trigger, Trigger::Files | Trigger::Recheck);
+    if by_metadata && seen.is_some() && seen == state.read_as {
         tracing::debug!(path = %path.display(), "component file unchanged");
         return true;
     }
