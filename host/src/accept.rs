@@ -136,13 +136,13 @@ pub(crate) async fn serve<S, F, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let guard = Counted::new_plain(open.clone());
+        let guard = Counted::new(&open);
         let state = Arc::new(ConnectionState::default());
         live.push_back(state.clone());
         let service = service.clone();
-        let counter = state.clone();
+        let in_progress = state.in_progress.clone();
         let hyper_service = hyper::service::service_fn(move |request| {
-            let busy = Counted::new(counter.clone(), |state| &state.in_progress);
+            let busy = Counted::new(&in_progress);
             let answer = service(request);
             async move {
                 let response = answer.await;
@@ -202,7 +202,7 @@ pub(crate) async fn serve<S, F, B>(
 #[derive(Default)]
 struct ConnectionState {
     /// Requests whose response is not yet sent.
-    in_progress: AtomicUsize,
+    in_progress: Arc<AtomicUsize>,
     /// Told to close the connection to make room for a new one.
     evict: Notify,
     /// The connection's task has ended.
@@ -228,28 +228,19 @@ impl Drop for Ended {
     }
 }
 
-/// One unit of a count kept in `T`, given back when dropped.
-struct Counted<T: Send + Sync + 'static> {
-    holder: Arc<T>,
-    count: fn(&T) -> &AtomicUsize,
-}
+/// One unit of a shared count, given back when dropped.
+struct Counted(Arc<AtomicUsize>);
 
-impl Counted<AtomicUsize> {
-    fn new_plain(count: Arc<AtomicUsize>) -> Self {
-        Self::new(count, |count| count)
+impl Counted {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
     }
 }
 
-impl<T: Send + Sync + 'static> Counted<T> {
-    fn new(holder: Arc<T>, count: fn(&T) -> &AtomicUsize) -> Self {
-        count(&holder).fetch_add(1, Ordering::SeqCst);
-        Self { holder, count }
-    }
-}
-
-impl<T: Send + Sync + 'static> Drop for Counted<T> {
+impl Drop for Counted {
     fn drop(&mut self) {
-        (self.count)(&self.holder).fetch_sub(1, Ordering::SeqCst);
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -257,7 +248,7 @@ impl<T: Send + Sync + 'static> Drop for Counted<T> {
 /// until it has been sent (or dropped).
 struct InProgress<B> {
     body: B,
-    _busy: Counted<ConnectionState>,
+    _busy: Counted,
 }
 
 impl<B: Body + Unpin> Body for InProgress<B> {

@@ -313,46 +313,48 @@ impl Runtime {
     /// read, and it is a component (or a precompiled one this build can
     /// use). Run before any port is bound; compiling finds the rest.
     pub fn precheck(&self, path: &Path, role: Role) -> Result<(), LoadError> {
-        let name = role.name();
-        let candidates = precompiled::candidates(path);
         let mut last = Ok(());
-        for candidate in &candidates {
-            let file = match self.read(candidate, role) {
-                Ok(file) => file,
-                Err(error) => {
-                    last = Err(error);
-                    continue;
-                }
-            };
-            last = if precompiled::is_precompiled(&file.bytes)
-                || candidate
-                    .extension()
-                    .is_some_and(|e| e == precompiled::EXTENSION)
-            {
-                precompiled::check_header(&self.engine, &file.bytes)
-                    .map(drop)
-                    .map_err(|reason| LoadError::Precompiled {
-                        role: name,
-                        path: candidate.clone(),
-                        reason,
-                    })
-            } else {
-                check_component_header(&file.bytes).map_err(|kind| match kind {
-                    HeaderKind::NotWasm => LoadError::NotWasm {
-                        role: name,
-                        path: candidate.clone(),
-                    },
-                    HeaderKind::CoreModule => LoadError::CoreModule {
-                        role: name,
-                        path: candidate.clone(),
-                    },
-                })
-            };
+        for candidate in precompiled::candidates(path) {
+            last = read_prefix(&candidate, role)
+                .and_then(|prefix| self.check_header(&candidate, role, &prefix).map(drop));
             if last.is_ok() {
                 return Ok(());
             }
         }
         last
+    }
+
+    /// Checks the start of a component file read from `path`: a usable
+    /// precompiled header (for a `.cwasm` or anything that starts like
+    /// one), else the preamble of a component. Returns whether the file is
+    /// precompiled.
+    fn check_header(&self, path: &Path, role: Role, bytes: &[u8]) -> Result<bool, LoadError> {
+        let name = role.name();
+        let precompiled = precompiled::is_precompiled(bytes)
+            || path
+                .extension()
+                .is_some_and(|e| e == precompiled::EXTENSION);
+        if precompiled {
+            precompiled::check_header(&self.engine, bytes).map_err(|reason| {
+                LoadError::Precompiled {
+                    role: name,
+                    path: path.to_owned(),
+                    reason,
+                }
+            })?;
+        } else {
+            check_component_header(bytes).map_err(|kind| match kind {
+                HeaderKind::NotWasm => LoadError::NotWasm {
+                    role: name,
+                    path: path.to_owned(),
+                },
+                HeaderKind::CoreModule => LoadError::CoreModule {
+                    role: name,
+                    path: path.to_owned(),
+                },
+            })?;
+        }
+        Ok(precompiled)
     }
 
     /// Compiles the component `wasm` ahead of time, for this engine
@@ -382,44 +384,20 @@ impl Runtime {
         bytes: &[u8],
     ) -> Result<InstancePre<HostState>, LoadError> {
         let name = role.name();
-        let component = if precompiled::is_precompiled(bytes)
-            || path
-                .extension()
-                .is_some_and(|e| e == precompiled::EXTENSION)
-        {
+        let component = if self.check_header(path, role, bytes)? {
             precompiled::load(&self.engine, bytes).map_err(|reason| LoadError::Precompiled {
                 role: name,
                 path: path.to_owned(),
                 reason,
             })?
         } else {
-            self.compile_wasm(path, name, bytes)?
+            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+                role: name,
+                path: path.to_owned(),
+                reason: format!("{e:#}"),
+            })?
         };
         self.check_and_link(path, role, &component)
-    }
-
-    /// Compiles (or fetches from the compilation cache) a `.wasm` component.
-    fn compile_wasm(
-        &self,
-        path: &Path,
-        name: &'static str,
-        bytes: &[u8],
-    ) -> Result<Component, LoadError> {
-        check_component_header(bytes).map_err(|kind| match kind {
-            HeaderKind::NotWasm => LoadError::NotWasm {
-                role: name,
-                path: path.to_owned(),
-            },
-            HeaderKind::CoreModule => LoadError::CoreModule {
-                role: name,
-                path: path.to_owned(),
-            },
-        })?;
-        Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-            role: name,
-            path: path.to_owned(),
-            reason: format!("{e:#}"),
-        })
     }
 
     /// Checks that `component` exports what `role` calls, and links it.
@@ -510,6 +488,24 @@ fn start_epoch_ticker(engine: &Engine) -> anyhow::Result<()> {
         })
         .context("cannot start the epoch ticker thread")?;
     Ok(())
+}
+
+/// Bytes read by [`Runtime::precheck`]: enough for any header it checks.
+const PREFIX: u64 = 4096;
+
+/// The first [`PREFIX`] bytes of the file at `path`, without reading the
+/// rest (a component can be tens of MB, and is read whole when it loads).
+fn read_prefix(path: &Path, role: Role) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let mut prefix = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(PREFIX).read_to_end(&mut prefix))
+        .map_err(|cause| LoadError::Read {
+            role: role.name(),
+            path: path.to_owned(),
+            cause,
+        })?;
+    Ok(prefix)
 }
 
 enum HeaderKind {

@@ -203,11 +203,9 @@ enum Trigger {
     Files,
     /// SIGHUP, or a retry: read and hash every file.
     Everything,
-    /// A look at the metadata only, every [`STAT_INTERVAL`] and
-    /// [`MAX_SETTLE`] after a look for file events: as [`Trigger::Files`],
-    /// without waiting for quiet and scheduling no further look. It
-    /// catches a change whose event was lost or came before the file
-    /// settled.
+    /// A look at the metadata only, every [`STAT_INTERVAL`]: as
+    /// [`Trigger::Files`], without waiting for quiet. It catches a change
+    /// whose event was lost or came before the file settled.
     Recheck,
 }
 
@@ -366,13 +364,6 @@ async fn reload_loop(
         let mut retry = false;
         for (component, state) in components.iter().zip(states.iter_mut()) {
             retry |= !check_and_reload(component.clone(), trigger, &runtime, &metrics, state).await;
-        }
-        if trigger == Trigger::Files {
-            let triggers = triggers.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(MAX_SETTLE).await;
-                let _ = triggers.send(Trigger::Recheck);
-            });
         }
         if retry {
             let triggers = triggers.clone();
