@@ -23,6 +23,7 @@ use crate::reload::{self, Reloadable};
 use crate::schedule::{rfc3339, Expression, Schedule};
 use crate::serve::Handler;
 use crate::shutdown::Shutdown;
+use crate::state::{ProbeState, StateDir};
 use crate::{clock, scheduler, serve};
 
 /// Exit code of `pulse probe` when a target did not answer 2xx.
@@ -89,6 +90,7 @@ async fn schedule_command(
 ) -> anyhow::Result<ExitCode> {
     let flags = ProbeFlags::new(cli, &args.probe, &args.when);
     let settings = config::probes(flags, &file, &source)?;
+    let state_dir = open_state_dir(&args.when, &file)?;
     let start = Start::new(cli, file, source, 0)?;
     start.precheck_probes(&settings)?;
     let shutdown = Shutdown::on_signals();
@@ -100,7 +102,7 @@ async fn schedule_command(
     let probers = start.aim(settings, components.clone(), None)?;
     readiness.set_loaded();
     start.watch(!cli.no_watch, reloadable_probes(&components))?;
-    schedule_all(probers, shutdown).await;
+    schedule_all(probers, state_dir.as_ref(), shutdown).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -142,6 +144,7 @@ async fn run_command(
         config::handler(&args.serve, cli.component_env.as_deref(), &file, &source)?;
     let flags = ProbeFlags::new(cli, &args.probe, &args.when);
     let probe_settings = config::probes(flags, &file, &source)?;
+    let state_dir = open_state_dir(&args.when, &file)?;
     let start = Start::new(cli, file, source, handler_settings.options.max_concurrency)?;
     start.precheck(
         &[(
@@ -172,7 +175,7 @@ async fn run_command(
         start.metrics.clone(),
         shutdown.clone().wait(),
     );
-    let scheduling = schedule_all(probers, shutdown);
+    let scheduling = schedule_all(probers, state_dir.as_ref(), shutdown);
     let (served, ()) = tokio::join!(serving, scheduling);
     served?;
     Ok(ExitCode::SUCCESS)
@@ -440,13 +443,37 @@ fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode
     }
 }
 
-/// Runs one scheduler per probe until shutdown.
-async fn schedule_all(probers: Vec<(Prober, ProbeSettings)>, shutdown: Shutdown) {
-    let schedulers = probers.into_iter().map(|(prober, settings)| {
-        let prober = Arc::new(prober.with_shutdown(shutdown.clone()));
-        scheduler::run(prober, settings.schedule, settings.policy, shutdown.clone())
-    });
-    futures_join_all(schedulers).await;
+/// The schedule state directory, if one is set, checked writable before
+/// anything starts.
+fn open_state_dir(when: &WhenArgs, file: &ConfigFile) -> anyhow::Result<Option<StateDir>> {
+    config::state_dir(when, file)
+        .map(|dir| StateDir::open(&dir))
+        .transpose()
+}
+
+/// Runs one scheduler per probe until shutdown, each resuming from its
+/// state in `state_dir` if there is one.
+async fn schedule_all(
+    probers: Vec<(Prober, ProbeSettings)>,
+    state_dir: Option<&StateDir>,
+    shutdown: Shutdown,
+) {
+    let schedulers: Vec<_> = probers
+        .into_iter()
+        .map(|(prober, settings)| {
+            let now = clock::now();
+            let state = match state_dir {
+                Some(dir) => ProbeState::load(dir, &settings.name, &settings.schedule, now),
+                None => ProbeState::in_memory(&settings.name, &settings.schedule, now),
+            };
+            let kept = scheduler::Kept {
+                prober: Arc::new(prober.with_shutdown(shutdown.clone())),
+                state: Arc::new(state),
+            };
+            scheduler::run(kept, settings.schedule, settings.policy, shutdown.clone())
+        })
+        .collect();
+    futures_join_all(schedulers.into_iter()).await;
 }
 
 /// Runs every future as a task of its own and waits for them all.

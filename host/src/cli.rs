@@ -328,6 +328,15 @@ pub struct WhenArgs {
     #[arg(long, env = "PULSE_SUSPEND", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_name = "BOOL")]
     pub suspend: Option<bool>,
+
+    /// A writable directory where each probe's schedule state is kept (the
+    /// last scheduled instant fired, missed or skipped, and the last
+    /// result), so that a restart resumes from it: a firing that fell due
+    /// while pulse was down runs late, once, within the starting deadline.
+    /// [default: none; a restart forgets, and considers only firings after
+    /// it]
+    #[arg(long, env = "PULSE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Flags of `pulse schedule`.

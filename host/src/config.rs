@@ -99,6 +99,8 @@ pub struct ConfigFile {
     pub cache_dir: Option<PathBuf>,
     /// The compilation cache's soft size limit.
     pub cache_max_size: Option<Size>,
+    /// Where schedule state is kept.
+    pub state_dir: Option<PathBuf>,
     /// The HTTP handler and its limits.
     pub handler: Option<HandlerSection>,
     /// Any number of named probes.
@@ -189,6 +191,12 @@ pub fn global(cli: &Cli, file: &ConfigFile) -> Global {
             .or(file.cache_max_size)
             .map_or(defaults::CACHE_MAX_SIZE, |size| size.0),
     }
+}
+
+/// Where schedule state is kept: `--state-dir`, else the file's, else
+/// nowhere (in memory).
+pub fn state_dir(when: &WhenArgs, file: &ConfigFile) -> Option<PathBuf> {
+    when.state_dir.clone().or_else(|| file.state_dir.clone())
 }
 
 /// The admin address: `--admin-listen`, else the file's, else
@@ -643,6 +651,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("--handler"), "{missing}");
+    }
+
+    #[test]
+    fn the_state_dir_has_flag_over_file_over_none() {
+        let state_dir_of = |args: &[&str], toml: &str| {
+            let mut all = vec!["schedule", "--probe", "p.wasm"];
+            all.extend_from_slice(args);
+            let cli = cli(&all);
+            let Command::Schedule(schedule) = &cli.command else {
+                panic!("not schedule")
+            };
+            state_dir(&schedule.when, &file(toml))
+        };
+        let toml = "state_dir = \"/file\"\n";
+        assert_eq!(state_dir_of(&[], ""), None);
+        assert_eq!(state_dir_of(&[], toml), Some("/file".into()));
+        assert_eq!(
+            state_dir_of(&["--state-dir", "/flag"], toml),
+            Some("/flag".into())
+        );
     }
 
     #[test]

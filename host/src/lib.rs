@@ -69,6 +69,7 @@ mod schedule;
 mod scheduler;
 mod serve;
 mod shutdown;
+mod state;
 mod units;
 
 pub use app::run;

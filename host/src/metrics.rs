@@ -53,6 +53,16 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
 }
 
+/// What the metrics of a probe start from after a restart.
+#[derive(Clone, Debug)]
+pub struct RestoredProbe {
+    pub tracked_since: f64,
+    pub suspended: bool,
+    pub last_success: Option<f64>,
+    pub last_outcome: Option<Outcome>,
+    pub last_status: Option<u16>,
+}
+
 /// All of pulse's metrics and the registry that encodes them.
 pub struct Metrics {
     registry: Registry,
@@ -60,8 +70,11 @@ pub struct Metrics {
     request_duration: Histogram,
     instantiation: Family<RoleLabels, Histogram, fn() -> Histogram>,
     probe_runs: Family<ProbeOutcomeLabels, Counter>,
+    probe_success: Family<ProbeLabels, Gauge>,
     probe_last_status: Family<ProbeLabels, Gauge>,
     probe_last_success: Family<ProbeLabels, FloatGauge>,
+    probe_tracked_since: Family<ProbeLabels, FloatGauge>,
+    probe_suspended: Family<ProbeLabels, Gauge>,
     probe_next_run: Family<ProbeLabels, FloatGauge>,
     probe_duration: Family<ProbeLabels, Histogram, fn() -> Histogram>,
     reloads: Family<ReloadLabels, Counter>,
@@ -109,17 +122,35 @@ impl Metrics {
             "Probe runs, by probe and outcome (healthy, unhealthy, error)",
             probe_runs.clone(),
         );
+        let probe_success = Family::<ProbeLabels, Gauge>::default();
+        registry.register(
+            "pulse_probe_success",
+            "Whether the last probe run was healthy (1) or not (0); absent until a first run is known",
+            probe_success.clone(),
+        );
         let probe_last_status = Family::<ProbeLabels, Gauge>::default();
         registry.register(
             "pulse_probe_last_status_code",
-            "HTTP status of the last probe run that got a response",
+            "HTTP status of the last probe run, 0 when it got no answer",
             probe_last_status.clone(),
         );
         let probe_last_success = Family::<ProbeLabels, FloatGauge>::default();
         registry.register(
             "pulse_probe_last_success_timestamp_seconds",
-            "Unix time of the last healthy probe run",
+            "Unix time of the last healthy probe run (kept across restarts with --state-dir)",
             probe_last_success.clone(),
+        );
+        let probe_tracked_since = Family::<ProbeLabels, FloatGauge>::default();
+        registry.register(
+            "pulse_probe_tracked_since_timestamp_seconds",
+            "Unix time since which this probe's schedule has been kept (kept across restarts with --state-dir)",
+            probe_tracked_since.clone(),
+        );
+        let probe_suspended = Family::<ProbeLabels, Gauge>::default();
+        registry.register(
+            "pulse_probe_suspended",
+            "Whether this probe's schedule is suspended (1) or not (0)",
+            probe_suspended.clone(),
         );
         let probe_next_run = Family::<ProbeLabels, FloatGauge>::default();
         registry.register(
@@ -183,8 +214,11 @@ impl Metrics {
             request_duration,
             instantiation,
             probe_runs,
+            probe_success,
             probe_last_status,
             probe_last_success,
+            probe_tracked_since,
+            probe_suspended,
             probe_next_run,
             probe_duration,
             reloads,
@@ -222,17 +256,56 @@ impl Metrics {
         let labels = ProbeLabels {
             probe: probe.into(),
         };
-        if let Some(status) = status {
-            self.probe_last_status
-                .get_or_create(&labels)
-                .set(i64::from(status));
-        }
-        if outcome == Outcome::Healthy {
+        self.probe_last_status
+            .get_or_create(&labels)
+            .set(status.map_or(0, i64::from));
+        let healthy = outcome == Outcome::Healthy;
+        self.probe_success
+            .get_or_create(&labels)
+            .set(i64::from(healthy));
+        if healthy {
             self.probe_last_success.get_or_create(&labels).set(unix_now);
         }
         self.probe_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// Makes every `pulse_probe_runs_total` series of `probe` exist from
+    /// the start, at 0, so that `increase()` sees its first failure.
+    pub fn probe_registered(&self, probe: &str) {
+        for outcome in [Outcome::Healthy, Outcome::Unhealthy, Outcome::Error] {
+            drop(self.probe_runs.get_or_create(&ProbeOutcomeLabels {
+                probe: probe.into(),
+                outcome,
+            }));
+        }
+    }
+
+    /// Restores what a restart would otherwise forget: the last run's
+    /// result and success time and since when the schedule is kept (Unix
+    /// seconds), from the schedule state.
+    pub fn probe_restored(&self, probe: &str, restored: &RestoredProbe) {
+        let labels = ProbeLabels {
+            probe: probe.into(),
+        };
+        self.probe_tracked_since
+            .get_or_create(&labels)
+            .set(restored.tracked_since);
+        self.probe_suspended
+            .get_or_create(&labels)
+            .set(i64::from(restored.suspended));
+        if let Some(time) = restored.last_success {
+            self.probe_last_success.get_or_create(&labels).set(time);
+        }
+        if let Some(outcome) = restored.last_outcome {
+            self.probe_success
+                .get_or_create(&labels)
+                .set(i64::from(outcome == Outcome::Healthy));
+            self.probe_last_status
+                .get_or_create(&labels)
+                .set(restored.last_status.map_or(0, i64::from));
+        }
     }
 
     /// Records when `probe` fires next (Unix seconds).
@@ -265,6 +338,17 @@ impl Metrics {
             self.guest_memory.clone(),
             self.guest_memory_refused.clone(),
         )
+    }
+
+    /// Makes both `pulse_component_reloads_total` series of `role` exist
+    /// from the start, at 0.
+    pub fn reloads_registered(&self, role: &str) {
+        for outcome in ["loaded", "rejected"] {
+            drop(self.reloads.get_or_create(&ReloadLabels {
+                role: role.into(),
+                outcome: outcome.into(),
+            }));
+        }
     }
 
     /// Counts one reload of a `role` component.

@@ -127,7 +127,7 @@ pub struct Prober {
 }
 
 /// How a probe ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The target answered 2xx.
@@ -351,6 +351,7 @@ impl Prober {
     ) -> Self {
         let mut rules = vec![target.allow_rule()];
         rules.extend(options.allow_outbound.iter().cloned());
+        metrics.probe_registered(name);
         Self {
             name: name.to_owned(),
             component,
@@ -376,6 +377,21 @@ impl Prober {
     /// The URL this prober checks.
     pub fn target(&self) -> &str {
         self.target.as_str()
+    }
+
+    /// Publishes what the schedule state remembers of earlier runs.
+    pub fn restore(&self, record: &crate::state::Record, suspended: bool) {
+        let seconds = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
+        self.metrics.probe_restored(
+            &self.name,
+            &crate::metrics::RestoredProbe {
+                tracked_since: seconds(record.tracked_since),
+                suspended,
+                last_success: record.last_successful_time.map(seconds),
+                last_outcome: record.last_outcome,
+                last_status: record.last_status,
+            },
+        );
     }
 
     /// Publishes when this probe fires next.

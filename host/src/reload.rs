@@ -217,6 +217,9 @@ pub fn spawn(
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
+    for component in &components {
+        metrics.reloads_registered(component.role().name());
+    }
     let (triggers, changes) = mpsc::unbounded_channel::<Trigger>();
     let watcher = if watch {
         Some(watch_directories(&components, triggers.clone())?)

@@ -10,6 +10,12 @@
 //! - `suspend`: due firings are not run while suspended; on resume, the
 //!   latest one runs if it is still within the starting deadline.
 //!
+//! Each decision (fired, missed, skipped) is recorded in the probe's
+//! [`ProbeState`] before a run starts, and the planner of a restarted
+//! process resumes after the last recorded instant (see [`crate::state`]),
+//! so a firing due while pulse was down runs late once, within the
+//! starting deadline, and never twice.
+//!
 //! The decision of what is due is [`Planner`], pure and driven by the
 //! instants it is given, so it is tested with any clock. Each scheduled
 //! instant is considered once: the planner never goes back, so a wall clock
@@ -30,6 +36,7 @@ use crate::probe::Prober;
 use crate::schedule::{rfc3339, Schedule};
 use crate::schedule::{ConcurrencyPolicy, Policy};
 use crate::shutdown::Shutdown;
+use crate::state::{Decision, ProbeState};
 
 /// Longest single sleep before the wall clock is read again.
 const SLEEP_SLICE: Duration = Duration::from_secs(1);
@@ -124,17 +131,26 @@ impl Planner {
     }
 }
 
-/// Fires `prober` on `schedule` under `policy` until `shutdown`; then waits
-/// for runs in flight (each ends by its deadline).
-pub async fn run(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
-    let span = tracing::info_span!("scheduler", probe = prober.name());
-    keep(prober, schedule, policy, shutdown)
+/// Where a scheduler stands: its probe and its durable state.
+pub struct Kept {
+    pub prober: Arc<Prober>,
+    pub state: Arc<ProbeState>,
+}
+
+/// Fires `prober` on `schedule` under `policy` until `shutdown`, resuming
+/// after the last instant `state` records; then waits for runs in flight
+/// (each ends by its deadline).
+pub async fn run(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
+    let span = tracing::info_span!("scheduler", probe = kept.prober.name());
+    keep(kept, schedule, policy, shutdown)
         .instrument(span)
         .await;
 }
 
-async fn keep(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
-    let mut planner = Planner::new(schedule.clone(), &policy, clock::now());
+async fn keep(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
+    let Kept { prober, state } = kept;
+    prober.restore(&state.snapshot(), policy.suspend);
+    let mut planner = Planner::new(schedule.clone(), &policy, state.resume_after(clock::now()));
     tracing::info!(
         schedule = schedule.expression(),
         time_zone = %schedule.zone(),
@@ -149,7 +165,7 @@ async fn keep(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown:
     tokio::pin!(stop);
     let mut runs = JoinSet::new();
     if policy.run_at_start && !policy.suspend {
-        start_run(&mut runs, &prober, None);
+        start_run(&mut runs, &prober, &state, None);
     }
     let mut announced_suspension = None;
     loop {
@@ -167,6 +183,7 @@ async fn keep(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown:
                 Some(next)
             }
             Due::Missed { at, count } => {
+                state.decided(at.with_timezone(&Utc), Decision::Missed);
                 tracing::warn!(
                     scheduled_for = rfc3339(&at),
                     missed = count,
@@ -187,7 +204,7 @@ async fn keep(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown:
                     tracing::warn!(skipped, scheduled_for = rfc3339(&at),
                         "earlier firings fell due in the same gap and were skipped; running the latest");
                 }
-                fire(&mut runs, &prober, at, policy.concurrency);
+                fire(&mut runs, &prober, &state, at, policy.concurrency);
                 continue;
             }
         };
@@ -204,10 +221,20 @@ async fn keep(prober: Arc<Prober>, schedule: Schedule, policy: Policy, shutdown:
     while runs.join_next().await.is_some() {}
 }
 
-fn fire(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: DateTime<Tz>, policy: ConcurrencyPolicy) {
+/// Starts the run for the scheduled instant `at`, or skips it, recording
+/// which before anything starts.
+fn fire(
+    runs: &mut JoinSet<()>,
+    prober: &Arc<Prober>,
+    state: &Arc<ProbeState>,
+    at: DateTime<Tz>,
+    policy: ConcurrencyPolicy,
+) {
+    let instant = at.with_timezone(&Utc);
     if !runs.is_empty() {
         match policy {
             ConcurrencyPolicy::Forbid => {
+                state.decided(instant, Decision::Skipped);
                 tracing::warn!(
                     scheduled_for = rfc3339(&at),
                     "skipped: the previous run is still going (concurrencyPolicy Forbid)"
@@ -225,12 +252,24 @@ fn fire(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: DateTime<Tz>, policy: 
             ConcurrencyPolicy::Allow => {}
         }
     }
-    start_run(runs, prober, Some(at));
+    state.decided(instant, Decision::Fired);
+    start_run(runs, prober, state, Some(at));
 }
 
-fn start_run(runs: &mut JoinSet<()>, prober: &Arc<Prober>, at: Option<DateTime<Tz>>) {
+fn start_run(
+    runs: &mut JoinSet<()>,
+    prober: &Arc<Prober>,
+    state: &Arc<ProbeState>,
+    at: Option<DateTime<Tz>>,
+) {
     let prober = prober.clone();
-    runs.spawn(async move { prober.run(at).await.emit() }.instrument(tracing::Span::current()));
+    let state = state.clone();
+    let run = async move {
+        let record = prober.run(at).await;
+        state.ran(&record, clock::now());
+        record.emit();
+    };
+    runs.spawn(run.instrument(tracing::Span::current()));
 }
 
 /// Sleeps until the wall clock reads `when` (returns at once if it has), or

@@ -7,10 +7,9 @@
 use crate::common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{component, http, pulse_bin, run_pulse, Pulse, Target};
+use common::{component, http, parse_openmetrics, pulse_bin, run_pulse, Pulse, Target};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
@@ -355,50 +354,6 @@ async fn request_metrics_count_answers_by_status() {
 /// Parses OpenMetrics text with the `prometheus_client` Python library's
 /// strict parser; returns every sample as {name, labels, value}. `None`
 /// (with a note) when the parser is not installed, except under CI.
-fn parse_openmetrics(text: &str) -> Option<Vec<Value>> {
-    let script = r#"
-import json, sys
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-samples = []
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        samples.append({"name": s.name, "labels": s.labels, "value": s.value})
-print(json.dumps(samples))
-"#;
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !available {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with prometheus_client is needed under CI (pip install prometheus-client)"
-        );
-        eprintln!("SKIPPED metrics parsing: pip install prometheus-client to run it");
-        return None;
-    }
-    use std::io::Write;
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "the metrics are not valid OpenMetrics: {}\n{text}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Some(serde_json::from_slice(&output.stdout).unwrap())
-}
 
 #[tokio::test]
 async fn config_errors_name_the_file_key_and_reason() {

@@ -9,6 +9,7 @@ mod cluster_dns;
 mod common;
 mod containers;
 mod cronjob;
+mod durable;
 mod hardening;
 mod hostile;
 mod misbehaving_guests;
