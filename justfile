@@ -131,8 +131,17 @@ k8s-check: build-components
     kubectl kustomize k8s > "$out/base.yaml"
     kubectl kustomize k8s/overlays/cronjob > "$out/cronjob.yaml"
     kubectl kustomize k8s/overlays/configmap > "$out/configmap.yaml"
-    kubernetes-validate --strict --quiet --kubernetes-version 1.37.0 "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml"
-    python3 ci/k8s_policy.py "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml"
+    kubectl kustomize k8s/overlays/monitoring > "$out/monitoring.yaml"
+    kubectl kustomize k8s/overlays/cronjob-monitoring > "$out/cronjob-monitoring.yaml"
+    # PodMonitor and PrometheusRule have no schema here: k8s_policy.py and
+    # promtool check what they mean.
+    kubernetes-validate --strict --quiet --no-warn --kubernetes-version 1.37.0 "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml" "$out/monitoring.yaml" "$out/cronjob-monitoring.yaml"
+    python3 ci/k8s_policy.py "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml" "$out/monitoring.yaml" "$out/cronjob-monitoring.yaml"
+    rm -rf target/alerts
+    python3 ci/rules_from_manifests.py target/alerts "$out/cronjob-monitoring.yaml" >/dev/null
+    cp ci/alerts.test.yaml target/alerts/
+    promtool check rules target/alerts/*.rules.yaml
+    promtool test rules target/alerts/alerts.test.yaml
 
 # Copy the vendored WASI WIT from the pinned wasmtime-wasi-http crate into wit/deps.
 vendor-wit:

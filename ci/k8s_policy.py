@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the rendered manifests for what pulse promises its deployers.
 
-Usage: k8s_policy.py BASE.yaml CRONJOB.yaml CONFIGMAP.yaml
+Usage: k8s_policy.py BASE.yaml CRONJOB.yaml CONFIGMAP.yaml MONITORING.yaml CRONJOB-MONITORING.yaml
        (each the output of `kubectl kustomize` of the base and the overlays)
 
 Schema validity is kubernetes-validate's job; this checks the meaning: the
@@ -11,8 +11,10 @@ component image (or, in the configmap overlay, a ConfigMap that fits what
 `kubectl apply` can carry); start-up, readiness and liveness probes on the
 admin port; grace periods that cover the preStop sleep and pulse's own
 drain; memory limits that cover the guests' budget; the compilation
-cache's limit below its volume's; the PodDisruptionBudget, topology spread
-and NetworkPolicies; and the CronJob overlay. Exits 1 listing every failure.
+cache's limit below its volume's; the probe's schedule state on an
+emptyDir; the PodDisruptionBudget, topology spread and NetworkPolicies; the
+CronJob overlay; and the monitoring overlays (a PodMonitor that scrapes
+every pulse pod's admin port, every alert with its annotations). Exits 1 listing every failure.
 """
 import base64
 import json
@@ -272,9 +274,55 @@ def check_probe_deployment(objects, where, delivery):
     check_probes(c, pod, f"{where} Deployment probe", "probe", prestop_required=False)
     check("--config=/config/pulse.toml" in c["args"], f"{where}: the probe must read its probes from /config/pulse.toml")
     check_config(pod, c, f"{where} Deployment probe", objects)
+    state_dir = env(c, "PULSE_STATE_DIR") or flag(c["args"], "--state-dir")
+    check(bool(state_dir), f"{where}: the probe must keep its schedule state (PULSE_STATE_DIR), so a restart neither loses nor repeats a firing")
+    if state_dir:
+        mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == state_dir), None)
+        volume = mount and next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), None)
+        check(bool(volume) and "emptyDir" in volume and not mount.get("readOnly"),
+              f"{where}: the probe's state dir {state_dir} must be a writable emptyDir mount (the root filesystem is read-only, and it must outlive container restarts)")
 
 
-def main(base_path, cron_path, configmap_path):
+# Every alert the monitoring overlays must ship, by layout.
+ALERTS = {"PulseProbeFailed", "PulseProbeNoRecentSuccess", "PulseSchedulerStalled",
+          "PulseComponentReloadRejected", "PulseApiErrorRatio"}
+CRONJOB_ALERTS = ALERTS | {"PulseProbeCronJobNoRecentSuccess"}
+
+
+def check_monitoring(objects, where, alerts):
+    """The PodMonitor scrapes the admin port of every pulse workload, and
+    the PrometheusRules hold every alert with a summary and description."""
+    monitors = [o for o in objects if o["kind"] == "PodMonitor"]
+    check(len(monitors) == 1, f"{where}: one PodMonitor expected, found {len(monitors)}")
+    pods = []
+    for o in objects:
+        if o["kind"] == "Deployment":
+            pods.append(o["spec"]["template"])
+    for monitor in monitors:
+        selector = monitor["spec"]["selector"].get("matchLabels", {})
+        endpoints = monitor["spec"].get("podMetricsEndpoints", [])
+        check(bool(endpoints) and all(e.get("path", "/metrics") == "/metrics" for e in endpoints),
+              f"{where}: the PodMonitor must scrape /metrics")
+        for pod in pods:
+            labels = pod["metadata"].get("labels", {})
+            name = f"{labels.get('app.kubernetes.io/component')} pods"
+            check(all(labels.get(k) == v for k, v in selector.items()), f"{where}: the PodMonitor does not select the {name}")
+            ports = {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+            check(all(e.get("port") in ports for e in endpoints), f"{where}: the PodMonitor's port is not a named port of the {name}")
+    found = {}
+    for rule_object in (o for o in objects if o["kind"] == "PrometheusRule"):
+        for group in rule_object["spec"]["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    found[rule["alert"]] = rule
+    check(set(found) == alerts, f"{where}: alerts {sorted(found)} must be exactly {sorted(alerts)}")
+    for name, rule in found.items():
+        annotations = rule.get("annotations", {})
+        check(annotations.get("summary") and annotations.get("description"), f"{where}: alert {name} needs a summary and a description")
+        check(rule.get("labels", {}).get("severity") in ("critical", "warning"), f"{where}: alert {name} needs severity critical or warning")
+
+
+def main(base_path, cron_path, configmap_path, monitoring_path, cron_monitoring_path):
     base = load(base_path)
     check_api(base, "base", "image")
     check_probe_deployment(base, "base", "image")
@@ -306,16 +354,23 @@ def main(base_path, cron_path, configmap_path):
     check_api(configmap, "configmap overlay", "configmap")
     check_probe_deployment(configmap, "configmap overlay", "configmap")
 
+    monitoring = load(monitoring_path)
+    check_api(monitoring, "monitoring overlay", "image")
+    check_probe_deployment(monitoring, "monitoring overlay", "image")
+    check_monitoring(monitoring, "monitoring overlay", ALERTS)
+    cron_monitoring = load(cron_monitoring_path)
+    check_monitoring(cron_monitoring, "cronjob-monitoring overlay", CRONJOB_ALERTS)
+
     if failures:
         print("k8s policy check failed:", file=sys.stderr)
         for f in failures:
             print(f"  - {f}", file=sys.stderr)
         return 1
-    print(f"k8s policy check passed ({len(base)} objects in the base, {len(cron)} in the cronjob overlay, {len(configmap)} in the configmap overlay)")
+    print(f"k8s policy check passed ({len(base)} objects in the base, {len(cron)} in the cronjob overlay, {len(configmap)} in the configmap overlay, {len(monitoring)} and {len(cron_monitoring)} in the monitoring overlays)")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4:
+    if len(sys.argv) != 6:
         sys.exit(__doc__)
     sys.exit(main(*sys.argv[1:]))

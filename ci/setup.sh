@@ -29,6 +29,7 @@ if [ "$level" = test ]; then
     command -v dnsmasq >/dev/null || packages+=(dnsmasq-base)           # cluster DNS in the end-to-end test
     command -v ip >/dev/null || packages+=(iproute2)                    # network namespaces
     command -v getent >/dev/null || packages+=(libc-bin)
+    command -v promtool >/dev/null || packages+=(prometheus)            # alert rules: promtool, and a real Prometheus in the tests
 fi
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
