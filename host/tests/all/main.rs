@@ -13,6 +13,7 @@ mod durable;
 mod hardening;
 mod hostile;
 mod misbehaving_guests;
+mod monitoring;
 mod precompiled;
 mod probe_once;
 mod reload;

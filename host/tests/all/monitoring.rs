@@ -1,0 +1,211 @@
+//! The shipped alert rules on a real Prometheus (Debian's `prometheus`):
+//! the rules are taken from the rendered monitoring overlay, Prometheus
+//! scrapes a real `pulse run` whose probe target refuses connections, and
+//! the alert `PulseProbeFailed` is read firing from Prometheus's HTTP API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::common::{closed_port, component, http, Pulse, PATIENCE};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The rules files of the rendered `k8s/overlays/monitoring`, written into
+/// `dir`.
+fn shipped_rules(dir: &Path) -> Vec<PathBuf> {
+    let root = repo_root();
+    let render = std::process::Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(root.join("k8s/overlays/monitoring"))
+        .output()
+        .expect("kubectl kustomize (installed by `just setup-test`)");
+    assert!(
+        render.status.success(),
+        "{}",
+        String::from_utf8_lossy(&render.stderr)
+    );
+    let manifests = dir.join("monitoring.yaml");
+    std::fs::write(&manifests, &render.stdout).unwrap();
+    let extract = std::process::Command::new("python3")
+        .arg(root.join("ci/rules_from_manifests.py"))
+        .arg(dir.join("rules"))
+        .arg(&manifests)
+        .output()
+        .unwrap();
+    assert!(
+        extract.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extract.stderr)
+    );
+    String::from_utf8(extract.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+async fn free_port() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A Prometheus server scraping `target` every second and evaluating
+/// `rules` every second; killed when dropped.
+struct Prometheus {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    async fn start(dir: &Path, target: SocketAddr, rules: &[PathBuf]) -> Self {
+        let rule_files: Vec<String> = rules
+            .iter()
+            .map(|r| format!("  - {}", r.display()))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n{}\nscrape_configs:\n  - job_name: pulse\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          namespace: test\n          pod: pulse-0\n",
+            rule_files.join("\n")
+        );
+        let config_path = dir.join("prometheus.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
+        let child = tokio::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("prometheus (Debian's package, installed by `just setup-test`)");
+        Self { child, addr }
+    }
+
+    /// `GET path` on the HTTP API, once it answers.
+    async fn api(&self, path: &str) -> Value {
+        let (status, _, body) = http(self.addr, Method::GET, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    async fn ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("prometheus exited: {status}");
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                let (status, _, _) = http(self.addr, Method::GET, "/-/ready").await;
+                if status == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "prometheus not ready"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn prometheus_fires_probe_failed_for_a_real_failing_probe() {
+    let dir = std::env::temp_dir().join(format!("pulse-prometheus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = shipped_rules(&dir);
+    assert!(!rules.is_empty());
+
+    let dead = closed_port().await;
+    let target = format!("http://{dead}/healthcheck");
+    let (health, probe) = (component("health"), component("probe"));
+    let mut pulse = Pulse::spawn(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        health.to_str().unwrap(),
+        "--probe",
+        probe.to_str().unwrap(),
+        "--target",
+        &target,
+        "--retries",
+        "0",
+        "--run-at-start",
+    ]);
+    let admin = pulse.admin_addr().await;
+    let lines = pulse.probe_lines(1, PATIENCE).await;
+    assert_eq!(lines[0]["outcome"], "error");
+
+    let mut prometheus = Prometheus::start(&dir, admin, &rules).await;
+    prometheus.ready().await;
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let firing = loop {
+        let alerts = prometheus.api("/api/v1/alerts").await;
+        let found = alerts["data"]["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "PulseProbeFailed" && a["state"] == "firing")
+            .cloned();
+        if let Some(alert) = found {
+            break alert;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PulseProbeFailed did not fire; alerts: {alerts}\nrules: {}",
+            prometheus.api("/api/v1/rules").await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(firing["labels"]["probe"], "probe");
+    assert_eq!(firing["labels"]["severity"], "critical");
+    assert_eq!(firing["labels"]["pod"], "pulse-0");
+    assert_eq!(
+        firing["annotations"]["summary"], "Probe probe failed",
+        "{firing}"
+    );
+
+    // Every shipped rule loaded and evaluates without error.
+    let rules = prometheus.api("/api/v1/rules").await;
+    let mut names = Vec::new();
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(rule["health"], "ok", "{rule}");
+            names.push(rule["name"].as_str().unwrap().to_owned());
+        }
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "PulseApiErrorRatio",
+            "PulseComponentReloadRejected",
+            "PulseProbeFailed",
+            "PulseProbeNoRecentSuccess",
+            "PulseSchedulerStalled"
+        ]
+    );
+    // Nothing else fires for a pulse that is otherwise well.
+    let alerts = prometheus.api("/api/v1/alerts").await;
+    let others: Vec<_> = alerts["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["alertname"] != "PulseProbeFailed")
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    assert!(pulse.terminate().await.success());
+    drop(prometheus);
+    let _ = std::fs::remove_dir_all(&dir);
+}
