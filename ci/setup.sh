@@ -49,6 +49,7 @@ fi
 pip_install() { pip install --quiet --disable-pip-version-check "$@"; }
 command -v kubernetes-validate >/dev/null || pip_install kubernetes-validate   # just k8s-check
 python3 -c "import prometheus_client" 2>/dev/null || pip_install prometheus-client   # /metrics read by its OpenMetrics parser
+python3 -c "import opentelemetry.proto" 2>/dev/null || pip_install opentelemetry-proto # the test's OTLP receiver decodes spans with it
 hash -r
 if ! command -v kubectl >/dev/null; then
     echo "error: kubectl is missing; just k8s-check renders the manifests with 'kubectl kustomize'. Install kubectl (it is not a Debian package) and run again." >&2

@@ -437,6 +437,7 @@ impl Runtime {
     pub fn new_store(&self, setup: StoreSetup) -> Store<HostState> {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&setup.env);
+        let hooks = HttpHooks::new(setup.outbound, setup.component.clone(), setup.span.clone());
         let wasi = wasi
             .stdout(GuestLog::new(
                 setup.component.clone(),
@@ -452,7 +453,7 @@ impl Runtime {
         let state = HostState {
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: HttpHooks::new(setup.outbound, setup.component),
+            hooks,
             table: ResourceTable::new(),
             memory: GuestMemory::new(self.budget.clone(), self.limits.max_memory),
             deadline: setup.deadline,

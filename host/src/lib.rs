@@ -2,7 +2,8 @@
 //! through a `wasi:http` handler and fires an HTTP probe on a cron schedule.
 //!
 //! The modules, one concern each, private to the crate: the binary needs
-//! only [`Cli`], [`init_logging`] and [`run`].
+//! only [`Cli`], [`init_logging`] (which returns the [`Traces`] to shut
+//! down) and [`run`].
 //! - [`cli`]: the command line and its `PULSE_*` environment variables.
 //! - [`config`]: flags, environment and `pulse.toml` merged into checked
 //!   settings, with every default and precedence rule in one place.
@@ -29,11 +30,13 @@
 //! - [`schedule`]: cron expressions (Kubernetes CronJob syntax) in an IANA
 //!   time zone: when to fire.
 //! - [`scheduler`]: the firing loop.
+//! - [`state`]: each probe's schedule state, kept across restarts.
 //! - [`probe`]: running the probe component once and the JSON line printed
 //!   for each result.
 //! - [`reload`]: watching component files and swapping in new versions.
 //! - [`shutdown`]: SIGTERM/SIGINT as a value tasks wait on.
 //! - [`logging`]: diagnostics on stderr, text or JSON.
+//! - [`telemetry`]: OpenTelemetry traces of requests and probe runs.
 //!
 //! A request: [`serve::serve`] accepts a connection, hyper parses the
 //! request, [`serve::Handler::handle`] creates a store, instantiates the
@@ -70,8 +73,10 @@ mod scheduler;
 mod serve;
 mod shutdown;
 mod state;
+mod telemetry;
 mod units;
 
 pub use app::run;
 pub use cli::Cli;
 pub use logging::{init as init_logging, LogFormat};
+pub use telemetry::Traces;

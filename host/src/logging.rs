@@ -17,8 +17,12 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormattedFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::telemetry::Traces;
 
 /// The format of diagnostic lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -31,14 +35,48 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Call once, first thing.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber, with trace export when the
+/// `OTEL_*` variables ask for it (see [`crate::telemetry`]). Call once,
+/// first thing. Logging is set up even when the trace settings are wrong;
+/// the error says what is wrong with them.
+pub fn init(format: LogFormat) -> anyhow::Result<Traces> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,
         LogFormat::Json => true,
     };
+    let traces = Traces::from_env();
+    match &traces {
+        Ok(traces) if traces.is_on() => init_with_traces(json, filter, traces),
+        _ => init_logs_only(json, filter),
+    }
+    traces
+}
+
+/// The subscriber with traces: the log filter (`RUST_LOG`) applies to the
+/// log lines only, so the exported spans do not depend on it.
+fn init_with_traces(json: bool, filter: EnvFilter, traces: &Traces) {
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = if json {
+        logs.fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        logs.with_filter(filter).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces.layer())
+        .init();
+}
+
+/// The subscriber without traces: one global filter, as cheap as logging
+/// gets.
+fn init_logs_only(json: bool, filter: EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -83,8 +121,12 @@ where
                 if let Ok(serde_json::Value::Object(map)) =
                     serde_json::from_str::<Value>(&formatted.fields)
                 {
+                    // `otel.*` fields are instructions to the trace
+                    // exporter, not facts about the work.
                     for (key, value) in map {
-                        fields.put(&key, value);
+                        if !key.starts_with("otel.") {
+                            fields.put(&key, value);
+                        }
                     }
                 }
             }

@@ -28,7 +28,13 @@ fn main() -> ExitCode {
         libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0)
     };
     let cli = pulse::Cli::parse();
-    pulse::init_logging(cli.log_format);
+    let traces = match pulse::init_logging(cli.log_format) {
+        Ok(traces) => traces,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
     // A worker that runs guests checks for I/O and timers every few task
     // polls rather than tokio's default 61: a guest yields at every epoch
     // tick, so even with every worker busy in guests, new connections, the
@@ -44,11 +50,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    match runtime.block_on(pulse::run(cli)) {
+    let code = match runtime.block_on(pulse::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::from(EXIT_BAD_INPUT)
         }
-    }
+    };
+    traces.shutdown();
+    code
 }

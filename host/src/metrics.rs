@@ -203,6 +203,11 @@ impl Metrics {
             "Guest memory growths refused because the budget was used up",
             guest_memory_refused.clone(),
         );
+        registry.register(
+            "pulse_trace_spans_dropped",
+            "Trace spans dropped because the export queue was full (0 while traces are off)",
+            crate::telemetry::spans_dropped(),
+        );
         Self {
             registry,
             in_flight,

@@ -144,16 +144,21 @@ fn normalize_host(host: &str) -> String {
 pub struct HttpHooks {
     allow: Arc<AllowList>,
     component: Arc<str>,
+    /// The span the component runs in: its outgoing requests carry its
+    /// trace context.
+    span: tracing::Span,
     /// The last destination this store was denied, if any.
     pub denied: Option<String>,
 }
 
 impl HttpHooks {
-    /// Hooks letting `component` reach what `allow` lists.
-    pub fn new(allow: Arc<AllowList>, component: Arc<str>) -> Self {
+    /// Hooks letting `component`, running in `span`, reach what `allow`
+    /// lists.
+    pub fn new(allow: Arc<AllowList>, component: Arc<str>, span: tracing::Span) -> Self {
         Self {
             allow,
             component,
+            span,
             denied: None,
         }
     }
@@ -193,6 +198,8 @@ impl WasiHttpHooks for HttpHooks {
             self.denied = Some(destination);
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        let mut request = request;
+        crate::telemetry::inject(&self.span, request.headers_mut());
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((

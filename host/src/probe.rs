@@ -405,7 +405,14 @@ impl Prober {
     pub async fn run(&self, scheduled_for: Option<DateTime<Tz>>) -> ProbeRecord {
         let span =
             tracing::info_span!("probe_run", probe = %self.name, target = self.target.as_str());
-        self.run_attempts(scheduled_for).instrument(span).await
+        let record = self
+            .run_attempts(scheduled_for)
+            .instrument(span.clone())
+            .await;
+        if crate::telemetry::enabled() {
+            crate::telemetry::probe_finished(&span, &record);
+        }
+        record
     }
 
     async fn run_attempts(&self, scheduled_for: Option<DateTime<Tz>>) -> ProbeRecord {

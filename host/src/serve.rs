@@ -59,6 +59,7 @@ use crate::metrics::Metrics;
 use crate::outbound::AllowList;
 use crate::pace::{Meter, Pace};
 use crate::reload::Swappable;
+use crate::telemetry;
 
 /// The header that carries the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -146,8 +147,16 @@ impl Handler {
         let started = Instant::now();
         let id = self.request_id(&request);
         let span = tracing::info_span!("request", request_id = %id, method = %request.method(),
-            path = request.uri().path());
+            path = request.uri().path(), otel.kind = "server");
+        // Kept only when traces are on, to record the status at the end.
+        let traced = telemetry::enabled().then(|| {
+            telemetry::continue_trace(&span, request.headers());
+            span.clone()
+        });
         let mut response = self.answer(request, &id).instrument(span).await;
+        if let Some(span) = traced {
+            telemetry::request_finished(&span, &self.name, response.status().as_u16());
+        }
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }

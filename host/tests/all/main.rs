@@ -20,3 +20,4 @@ mod reload;
 mod scheduled;
 mod serve;
 mod starvation;
+mod traces;

@@ -78,7 +78,10 @@ impl Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
         let child = tokio::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

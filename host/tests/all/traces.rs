@@ -1,0 +1,220 @@
+//! OpenTelemetry traces: the real binary exporting to a real OTLP/HTTP
+//! receiver (`ci/otlp_receiver.py`, which decodes the protobuf with the
+//! `opentelemetry-proto` package), and the same binary with no endpoint.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::common::{self, component, http, pulse_bin, Pulse, PATIENCE};
+
+/// The receiver, and the spans it printed so far.
+struct Receiver {
+    _child: tokio::process::Child,
+    port: u16,
+    spans: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ci/otlp_receiver.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("the OTLP receiver did not start (pip install opentelemetry-proto)")
+            .unwrap()
+            .expect("the OTLP receiver exited (pip install opentelemetry-proto)");
+        let port = serde_json::from_str::<Value>(&first).unwrap()["listening"]
+            .as_u64()
+            .unwrap() as u16;
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_str::<Value>(&line).unwrap());
+            }
+        });
+        Self {
+            _child: child,
+            port,
+            spans,
+        }
+    }
+
+    /// Waits for a span that `matches`.
+    async fn span(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(span) = self.spans.lock().unwrap().iter().find(|s| matches(s)) {
+                return span.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what} span arrived; got {:?}",
+                self.spans.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `GET path` with a `traceparent` header.
+async fn get_with_traceparent(
+    addr: std::net::SocketAddr,
+    path: &str,
+    traceparent: &str,
+) -> StatusCode {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header("host", addr.to_string())
+        .header("traceparent", traceparent)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn request_and_probe_spans_reach_a_real_otlp_receiver_in_one_trace() {
+    let receiver = Receiver::start().await;
+    let (health, probe) = (component("health"), component("probe"));
+    let mut command = tokio::process::Command::new(pulse_bin());
+    command
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_SERVICE_NAME", "pulse-under-test");
+    let mut pulse = Pulse::spawn_command(
+        command,
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--handler",
+            health.to_str().unwrap(),
+            "--probe",
+            probe.to_str().unwrap(),
+            "--run-at-start",
+        ],
+    );
+    let addr = pulse.listening_addr().await;
+    let lines = pulse.probe_lines(1, PATIENCE).await;
+    assert_eq!(lines[0]["status"], 200);
+
+    // The probe run, and the api's request span in the same trace, as a
+    // child of the probe run: the probe's request carried its traceparent.
+    let run = receiver
+        .span("probe_run", |s| s["name"] == "probe_run")
+        .await;
+    assert_eq!(run["attributes"]["probe"], "probe");
+    assert_eq!(run["attributes"]["pulse.probe.outcome"], "healthy");
+    assert_eq!(run["attributes"]["http.response.status_code"], 200);
+    assert_eq!(run["resource"]["service.name"], "pulse-under-test");
+    let served = receiver
+        .span("request from the probe", |s| {
+            s["name"] == "request" && s["trace_id"] == run["trace_id"]
+        })
+        .await;
+    assert_eq!(served["parent_span_id"], run["span_id"]);
+    assert_eq!(served["kind"], 2, "SPAN_KIND_SERVER");
+    assert_eq!(served["attributes"]["path"], "/healthcheck");
+    assert_eq!(served["attributes"]["http.response.status_code"], 200);
+    assert_eq!(
+        served["attributes"]["pulse.component"], "health",
+        "the file it was loaded from"
+    );
+    assert!(served["attributes"]["request_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
+
+    // A request that comes with a traceparent continues that trace.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let status = get_with_traceparent(addr, "/nope", &format!("00-{trace_id}-{parent}-01")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let continued = receiver
+        .span("request with a traceparent", |s| s["trace_id"] == trace_id)
+        .await;
+    assert_eq!(continued["parent_span_id"], parent);
+    assert_eq!(continued["attributes"]["http.response.status_code"], 404);
+
+    // Nothing was dropped.
+    let admin = pulse.admin_addr().await;
+    let (_, _, body) = http(admin, Method::GET, "/metrics").await;
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("pulse_trace_spans_dropped_total 0"), "{text}");
+    assert!(pulse.terminate().await.success());
+}
+
+#[tokio::test]
+async fn without_an_endpoint_nothing_is_set_up_and_requests_are_served() {
+    let health = component("health");
+    let (mut pulse, addr) = common::serve_with(&health, &[]).await;
+    let status = get_with_traceparent(
+        addr,
+        "/healthcheck",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // No export thread exists.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", pulse.pid())).unwrap();
+    let names: Vec<String> = tasks
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap_or_default())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.trim() != "pulse-traces"),
+        "{names:?}"
+    );
+    assert!(pulse.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_wrong_endpoint_is_refused_naming_the_variable() {
+    let health = component("health");
+    let mut command = tokio::process::Command::new(pulse_bin());
+    command.env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318");
+    let finished = common::run_in(
+        command,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--handler",
+            health.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(finished.status.code(), Some(2), "{}", finished.stderr);
+    assert!(
+        finished.stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT")
+            && finished.stderr.contains("http://"),
+        "{}",
+        finished.stderr
+    );
+}
