@@ -147,8 +147,9 @@ impl Handler {
         let started = Instant::now();
         let id = self.request_id(&request);
         let span = tracing::info_span!("request", request_id = %id, method = %request.method(),
-            path = request.uri().path(), otel.kind = "server");
-        // Kept only when traces are on, to record the status at the end.
+            path = request.uri().path(), otel.kind = tracing::field::Empty);
+        // Only when traces are on: the span's kind and parent, and a handle
+        // kept to record the status at the end.
         let traced = telemetry::enabled().then(|| {
             telemetry::continue_trace(&span, request.headers());
             span.clone()

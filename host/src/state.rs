@@ -169,11 +169,12 @@ impl ProbeState {
         let file = dir.file_of(name);
         let record = match read(&file) {
             Ok(None) => {
-                tracing::info!(state_file = %file.display(), "no schedule state yet; starting afresh");
+                tracing::info!(probe = name, state_file = %file.display(), "no schedule state yet; starting afresh");
                 Record::fresh(name, schedule, now)
             }
             Ok(Some(record)) if !record.kept_for(schedule) => {
                 tracing::warn!(
+                    probe = name,
                     state_file = %file.display(),
                     was_schedule = record.schedule,
                     was_time_zone = record.time_zone,
@@ -185,6 +186,7 @@ impl ProbeState {
             }
             Ok(Some(record)) => {
                 tracing::info!(
+                    probe = name,
                     state_file = %file.display(),
                     last_schedule_time = record.last_schedule_time.map(|t| t.to_rfc3339()),
                     last_decision = ?record.last_decision,
@@ -194,7 +196,7 @@ impl ProbeState {
                 record
             }
             Err(reason) => {
-                set_aside(&file, &reason, now);
+                set_aside(name, &file, &reason, now);
                 Record::fresh(name, schedule, now)
             }
         };
@@ -284,18 +286,20 @@ fn read(file: &Path) -> Result<Option<Record>, String> {
 }
 
 /// Renames an unusable state file aside and reports it.
-fn set_aside(file: &Path, reason: &str, now: DateTime<Utc>) {
+fn set_aside(name: &str, file: &Path, reason: &str, now: DateTime<Utc>) {
     let mut aside = file.as_os_str().to_owned();
     aside.push(format!(".corrupt-{}", now.timestamp()));
     let aside = PathBuf::from(aside);
     match std::fs::rename(file, &aside) {
         Ok(()) => tracing::error!(
+            probe = name,
             state_file = %file.display(),
             moved_to = %aside.display(),
             reason,
             "unusable schedule state set aside; starting afresh (the firing due now, if any, is not known to have run)"
         ),
         Err(e) => tracing::error!(
+            probe = name,
             state_file = %file.display(),
             reason,
             error = %e,

@@ -150,10 +150,14 @@ impl Traces {
 /// How long exit waits for the last spans to be sent.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(3);
 
-/// Makes `span` (just created, not yet entered) continue the trace of the
-/// `traceparent` in `headers`, if any.
+/// Marks `span` (a request's, just created, not yet entered) as a server
+/// span continuing the trace of the `traceparent` in `headers`, if any.
 pub fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-    if !enabled() || !headers.contains_key("traceparent") {
+    if !enabled() {
+        return;
+    }
+    span.record("otel.kind", "server");
+    if !headers.contains_key("traceparent") {
         return;
     }
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
