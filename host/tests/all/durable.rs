@@ -260,3 +260,70 @@ async fn an_unwritable_state_dir_is_refused_at_start_naming_it() {
         finished.stderr
     );
 }
+
+#[tokio::test]
+async fn a_crash_during_a_run_does_not_make_it_run_again() {
+    let dir = state_dir("crash");
+    write_state(&dir, "2026-05-01T07:59:00Z");
+    // A target that accepts and never answers: the 08:00 run hangs until
+    // pulse is killed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    let probe = component("probe");
+    let target = format!("http://{silent}/healthcheck");
+    let start = |clock: &str| {
+        let mut command = tokio::process::Command::new(pulse_bin());
+        command.env("PULSE_CLOCK_START", clock);
+        Pulse::spawn_command(
+            command,
+            &[
+                "schedule",
+                "--probe",
+                probe.to_str().unwrap(),
+                "--target",
+                &target,
+                "--schedule",
+                "0 8 * * *",
+                "--timeout",
+                "30s",
+                "--retries",
+                "0",
+                "--state-dir",
+                dir.to_str().unwrap(),
+            ],
+        )
+    };
+    let mut pulse = start("2026-05-01T08:00:02Z");
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while accepted.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The run is in flight: kill pulse as an OOM kill or a node failure
+    // would, with no chance to clean up.
+    pulse.signal("KILL");
+    pulse.wait_exit(common::PATIENCE).await;
+    assert_eq!(read_state(&dir)["last_decision"], "fired");
+
+    let mut again = start("2026-05-01T08:00:10Z");
+    let started = again
+        .wait_for_stderr(|l| l["message"] == "scheduler started")
+        .await;
+    assert_eq!(started["first_firing"], "2026-05-02T08:00:00.000Z");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "run once, not again");
+    assert!(again.terminate().await.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
