@@ -3,7 +3,9 @@
 (protobuf), decodes it with the opentelemetry-proto package, and prints one
 JSON line per span on stdout. The first line is {"listening": PORT}.
 
-Usage: otlp_receiver.py   (listens on 127.0.0.1, a free port)
+Usage: otlp_receiver.py [--discard] [PORT]
+Listens on 127.0.0.1, on PORT or a free port. --discard reads each request
+and answers 200 without decoding or printing (a cheap sink for benchmarks).
 """
 import json
 import sys
@@ -20,11 +22,23 @@ def value_of(any_value):
     return getattr(any_value, kind) if kind else None
 
 
+DISCARD = "--discard" in sys.argv[1:]
+PORT = next((int(a) for a in sys.argv[1:] if a.isdigit()), 0)
+
+
 class Receiver(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        if DISCARD:
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
         if self.path != "/v1/traces" or self.headers.get("content-type") != "application/x-protobuf":
             self.send_response(404)
+            self.send_header("content-length", "0")
             self.end_headers()
             return
         request = ExportTraceServiceRequest()
@@ -54,7 +68,7 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Receiver)
 print(json.dumps({"listening": server.server_address[1]}), flush=True)
 try:
     server.serve_forever()
