@@ -14,6 +14,7 @@ use crate::cli::{
     CheckArgs, CheckRole, Cli, Command, CompileArgs, NextArgs, ProbeArgs, RunArgs, ScheduleArgs,
     ServeArgs, WhenArgs,
 };
+use crate::component_scan::Declared;
 use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
 use crate::engine::{GuestLimits, Role, Runtime, PROBE_INSTANCES};
 use crate::memory::{self, BudgetSource};
@@ -425,12 +426,12 @@ fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode
             Role::Handler => serve::check(runtime, &args.file, &file.bytes),
             Role::Probe => crate::probe::check(runtime, &args.file, &file.bytes),
         }
-        .map(|()| file.digest)
+        .map(|()| (file.digest, wasi_targeted(&file.bytes)))
     });
     match checked {
-        Ok(digest) => {
+        Ok((digest, wasi)) => {
             println!(
-                "ok: {} is a valid {} component ({digest})",
+                "ok: {} is a valid {} component{wasi} ({digest})",
                 args.file.display(),
                 role.name()
             );
@@ -440,6 +441,15 @@ fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode
             println!("not ok: {error}");
             Ok(ExitCode::from(EXIT_UNHEALTHY))
         }
+    }
+}
+
+/// ", for WASI 0.2" when the component's `wasi:` names say so; empty for
+/// a precompiled file or a component that names no WASI interface.
+fn wasi_targeted(bytes: &[u8]) -> String {
+    match Declared::read(bytes).map(|d| d.wasi_versions()) {
+        Some(versions) if !versions.is_empty() => format!(", for WASI {}", versions.join(" and ")),
+        _ => String::new(),
     }
 }
 

@@ -23,6 +23,7 @@ use wasmtime::{
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::component_scan::Declared;
 use crate::guest_log::{GuestLog, Stream};
 use crate::memory::{GuestMemory, MemoryBudget, Refusal};
 use crate::outbound::{AllowList, HttpHooks};
@@ -161,6 +162,15 @@ pub enum LoadError {
         path: PathBuf,
         missing: &'static str,
         found: String,
+        how: &'static str,
+    },
+    #[error(
+        "the {role} component {path} targets WASI 0.3 (it exports [{exports}]); this pulse runs WASI 0.2 components and does not serve WASI 0.3 yet. To use it here, {how}"
+    )]
+    Wasi03 {
+        role: &'static str,
+        path: PathBuf,
+        exports: String,
         how: &'static str,
     },
     #[error("the precompiled {role} component {path} cannot be used: {reason}")]
@@ -391,11 +401,8 @@ impl Runtime {
                 reason,
             })?
         } else {
-            Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-                role: name,
-                path: path.to_owned(),
-                reason: format!("{e:#}"),
-            })?
+            Component::from_binary(&self.engine, bytes)
+                .map_err(|e| explain_invalid(path, role, bytes, &e))?
         };
         self.check_and_link(path, role, &component)
     }
@@ -521,6 +528,25 @@ fn check_component_header(bytes: &[u8]) -> Result<(), HeaderKind> {
         [0x00, b'a', b's', b'm', _, _, 0x01, 0x00, ..] => Ok(()),
         [0x00, b'a', b's', b'm', _, _, 0x00, 0x00, ..] => Err(HeaderKind::CoreModule),
         _ => Err(HeaderKind::NotWasm),
+    }
+}
+
+/// Why `bytes` did not compile, for its author: a WASI 0.3 component is
+/// named as one (the compiler's own message is about async features),
+/// anything else gets the compiler's reason.
+fn explain_invalid(path: &Path, role: Role, bytes: &[u8], error: &wasmtime::Error) -> LoadError {
+    match Declared::read(bytes) {
+        Some(declared) if declared.targets_wasi_0_3() => LoadError::Wasi03 {
+            role: role.name(),
+            path: path.to_owned(),
+            exports: declared.exports.join(", "),
+            how: role.how_to_build(),
+        },
+        _ => LoadError::Invalid {
+            role: role.name(),
+            path: path.to_owned(),
+            reason: format!("{error:#}"),
+        },
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`clock`]: the wall clock schedules are planned by.
 //! - [`engine`]: the Wasmtime engine and linker, the per-store state, and
 //!   loading a component for a role with precise errors.
+//! - [`component_scan`]: a component's import and export names, read
+//!   without compiling, and the WASI version they name.
 //! - [`precompiled`]: components compiled ahead of time (`pulse compile`),
 //!   loaded only when this build made them for this CPU.
 //! - [`outbound`]: the outbound HTTP allow-list each component runs under.
@@ -57,6 +59,7 @@ mod admin;
 mod app;
 mod cli;
 mod clock;
+mod component_scan;
 mod config;
 mod engine;
 mod guest_log;

@@ -116,6 +116,27 @@ async fn handler_without_incoming_handler_export() {
 }
 
 #[tokio::test]
+async fn a_wasi_0_3_handler_is_named_as_one_not_as_a_parser_error() {
+    let p3 = component("health-p3");
+    let finished = serve_with(p3.to_str().unwrap()).await;
+    assert_refused_after_compiling(
+        &finished,
+        &[
+            "--handler",
+            p3.to_str().unwrap(),
+            "targets WASI 0.3",
+            "wasi:http/handler@0.3",
+            "wasi:http/proxy",
+        ],
+    );
+    assert!(
+        !finished.stderr.contains("async feature"),
+        "{}",
+        finished.stderr
+    );
+}
+
+#[tokio::test]
 async fn probe_without_check_export() {
     let health = component("health");
     let finished = run_pulse(&[

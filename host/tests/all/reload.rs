@@ -309,6 +309,17 @@ async fn pulse_check_says_whether_a_component_fits_a_role() {
     assert_eq!(ok.status.code(), Some(0), "{}", ok.stderr);
     assert!(ok.stdout.starts_with("ok: "), "{}", ok.stdout);
     assert!(ok.stdout.contains("sha256:"));
+    assert!(ok.stdout.contains("for WASI 0.2"), "{}", ok.stdout);
+
+    let p3 = component("health-p3");
+    let p3 = run_pulse(&["check", p3.to_str().unwrap(), "--role", "handler"]).await;
+    assert_eq!(p3.status.code(), Some(1));
+    assert!(
+        p3.stdout
+            .contains("targets WASI 0.3 (it exports [wasi:http/handler@0.3"),
+        "{}",
+        p3.stdout
+    );
 
     let wrong = run_pulse(&["check", health.to_str().unwrap(), "--role", "probe"]).await;
     assert_eq!(wrong.status.code(), Some(1));
