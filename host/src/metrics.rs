@@ -5,6 +5,8 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -53,14 +55,9 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
 }
 
-/// What the metrics of a probe start from after a restart.
-#[derive(Clone, Debug)]
-pub struct RestoredProbe {
-    pub tracked_since: f64,
-    pub suspended: bool,
-    pub last_success: Option<f64>,
-    pub last_outcome: Option<Outcome>,
-    pub last_status: Option<u16>,
+/// `time` as Unix seconds, as the `_timestamp_seconds` gauges hold it.
+fn unix_seconds(time: DateTime<Utc>) -> f64 {
+    time.timestamp_millis() as f64 / 1000.0
 }
 
 /// All of pulse's metrics and the registry that encodes them.
@@ -261,14 +258,8 @@ impl Metrics {
         let labels = ProbeLabels {
             probe: probe.into(),
         };
-        self.probe_last_status
-            .get_or_create(&labels)
-            .set(status.map_or(0, i64::from));
-        let healthy = outcome == Outcome::Healthy;
-        self.probe_success
-            .get_or_create(&labels)
-            .set(i64::from(healthy));
-        if healthy {
+        self.last_result(&labels, outcome, status);
+        if outcome == Outcome::Healthy {
             self.probe_last_success.get_or_create(&labels).set(unix_now);
         }
         self.probe_duration
@@ -287,29 +278,37 @@ impl Metrics {
         }
     }
 
-    /// Restores what a restart would otherwise forget: the last run's
-    /// result and success time and since when the schedule is kept (Unix
-    /// seconds), from the schedule state.
-    pub fn probe_restored(&self, probe: &str, restored: &RestoredProbe) {
+    /// The gauges of the last run's result: success, and the status (0
+    /// for no answer).
+    fn last_result(&self, labels: &ProbeLabels, outcome: Outcome, status: Option<u16>) {
+        self.probe_success
+            .get_or_create(labels)
+            .set(i64::from(outcome == Outcome::Healthy));
+        self.probe_last_status
+            .get_or_create(labels)
+            .set(status.map_or(0, i64::from));
+    }
+
+    /// Restores what a restart would otherwise forget, from `probe`'s
+    /// schedule state: the last run's result, the last success, and since
+    /// when the schedule is kept; and whether it is `suspended`.
+    pub fn probe_restored(&self, probe: &str, state: &crate::state::Record, suspended: bool) {
         let labels = ProbeLabels {
             probe: probe.into(),
         };
         self.probe_tracked_since
             .get_or_create(&labels)
-            .set(restored.tracked_since);
+            .set(unix_seconds(state.tracked_since));
         self.probe_suspended
             .get_or_create(&labels)
-            .set(i64::from(restored.suspended));
-        if let Some(time) = restored.last_success {
-            self.probe_last_success.get_or_create(&labels).set(time);
+            .set(i64::from(suspended));
+        if let Some(time) = state.last_successful_time {
+            self.probe_last_success
+                .get_or_create(&labels)
+                .set(unix_seconds(time));
         }
-        if let Some(outcome) = restored.last_outcome {
-            self.probe_success
-                .get_or_create(&labels)
-                .set(i64::from(outcome == Outcome::Healthy));
-            self.probe_last_status
-                .get_or_create(&labels)
-                .set(restored.last_status.map_or(0, i64::from));
+        if let Some(outcome) = state.last_outcome {
+            self.last_result(&labels, outcome, state.last_status);
         }
     }
 

@@ -381,17 +381,7 @@ impl Prober {
 
     /// Publishes what the schedule state remembers of earlier runs.
     pub fn restore(&self, record: &crate::state::Record, suspended: bool) {
-        let seconds = |t: DateTime<Utc>| t.timestamp_millis() as f64 / 1000.0;
-        self.metrics.probe_restored(
-            &self.name,
-            &crate::metrics::RestoredProbe {
-                tracked_since: seconds(record.tracked_since),
-                suspended,
-                last_success: record.last_successful_time.map(seconds),
-                last_outcome: record.last_outcome,
-                last_status: record.last_status,
-            },
-        );
+        self.metrics.probe_restored(&self.name, record, suspended);
     }
 
     /// Publishes when this probe fires next.

@@ -56,6 +56,15 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// A fresh, empty directory for one test: `name` must be unique among
+/// the tests.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pulse-scratch-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A running `pulse` process; killed when dropped.
 pub struct Pulse {
     child: Child,

@@ -10,14 +10,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::common::{self, component, http, pulse_bin, Pulse, Target};
-
-fn state_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pulse-state-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use crate::common::{self, component, http, pulse_bin, scratch_dir, Pulse, Target};
 
 /// A state file as a previous pulse would have left it: the 07:59 instant
 /// of an every-minute-at-:59 history, kept for the daily 08:00 schedule.
@@ -42,19 +35,18 @@ fn read_state(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("probe.json")).unwrap()).unwrap()
 }
 
-/// `pulse schedule` for the daily 08:00 probe of `target`, with its clock
-/// started at `clock` and its state in `dir`.
-fn start(clock: &str, dir: &Path, target: &Target, extra: &[&str]) -> Pulse {
+/// `pulse schedule` for the daily 08:00 probe of the URL `target`, with its
+/// clock started at `clock` and its state in `dir`.
+fn start(clock: &str, dir: &Path, target: &str, extra: &[&str]) -> Pulse {
     let probe = component("probe");
     let mut command = tokio::process::Command::new(pulse_bin());
     command.env("PULSE_CLOCK_START", clock);
-    let url = target.url();
     let mut args = vec![
         "schedule",
         "--probe",
         probe.to_str().unwrap(),
         "--target",
-        &url,
+        target,
         "--schedule",
         "0 8 * * *",
         "--retries",
@@ -68,13 +60,13 @@ fn start(clock: &str, dir: &Path, target: &Target, extra: &[&str]) -> Pulse {
 
 #[tokio::test]
 async fn a_firing_due_while_down_runs_late_once_and_never_twice() {
-    let dir = state_dir("late");
+    let dir = scratch_dir("state-late");
     let target = Target::start(StatusCode::OK).await;
     write_state(&dir, "2026-05-01T07:59:00Z");
     let deadline = ["--starting-deadline-seconds", "300"];
 
     // Down over 08:00, back at 08:00:05: the 08:00 firing runs, late.
-    let mut pulse = start("2026-05-01T08:00:05Z", &dir, &target, &deadline);
+    let mut pulse = start("2026-05-01T08:00:05Z", &dir, &target.url(), &deadline);
     let lines = pulse.probe_lines(1, Duration::from_secs(15)).await;
     assert_eq!(lines[0]["scheduled_for"], "2026-05-01T08:00:00.000Z");
     assert_eq!(lines[0]["status"], 200);
@@ -86,7 +78,7 @@ async fn a_firing_due_while_down_runs_late_once_and_never_twice() {
 
     // Restarted at once, twice: 08:00 is not run again.
     for clock in ["2026-05-01T08:00:20Z", "2026-05-01T08:00:30Z"] {
-        let mut pulse = start(clock, &dir, &target, &deadline);
+        let mut pulse = start(clock, &dir, &target.url(), &deadline);
         let started = pulse
             .wait_for_stderr(|l| l["message"] == "scheduler started")
             .await;
@@ -150,13 +142,13 @@ async fn a_firing_due_while_down_runs_late_once_and_never_twice() {
 
 #[tokio::test]
 async fn a_firing_past_its_starting_deadline_is_logged_missed_and_not_run() {
-    let dir = state_dir("missed");
+    let dir = scratch_dir("state-missed");
     let target = Target::start(StatusCode::OK).await;
     write_state(&dir, "2026-05-01T07:59:00Z");
     let mut pulse = start(
         "2026-05-01T08:10:00Z",
         &dir,
-        &target,
+        &target.url(),
         &["--starting-deadline-seconds", "300"],
     );
     let missed = pulse
@@ -183,10 +175,10 @@ async fn a_firing_past_its_starting_deadline_is_logged_missed_and_not_run() {
 
 #[tokio::test]
 async fn a_corrupt_state_file_is_set_aside_and_scheduling_goes_on() {
-    let dir = state_dir("corrupt");
+    let dir = scratch_dir("state-corrupt");
     let target = Target::start(StatusCode::OK).await;
     std::fs::write(dir.join("probe.json"), b"{\"version\": 1, \"probe\": tru").unwrap();
-    let mut pulse = start("2026-05-01T07:59:58Z", &dir, &target, &[]);
+    let mut pulse = start("2026-05-01T07:59:58Z", &dir, &target.url(), &[]);
     let aside = pulse
         .wait_for_stderr(|l| {
             l["message"]
@@ -210,14 +202,14 @@ async fn a_corrupt_state_file_is_set_aside_and_scheduling_goes_on() {
 
 #[tokio::test]
 async fn a_changed_schedule_starts_afresh_and_says_so() {
-    let dir = state_dir("changed");
+    let dir = scratch_dir("state-changed");
     let target = Target::start(StatusCode::OK).await;
     write_state(&dir, "2026-05-01T07:59:00Z");
     // The state was kept for 08:00 UTC; now the schedule is in Paris time.
     let mut pulse = start(
         "2026-05-01T08:00:05Z",
         &dir,
-        &target,
+        &target.url(),
         &["--time-zone", "Europe/Paris"],
     );
     let changed = pulse
@@ -242,7 +234,7 @@ async fn a_changed_schedule_starts_afresh_and_says_so() {
 
 #[tokio::test]
 async fn an_unwritable_state_dir_is_refused_at_start_naming_it() {
-    let file = state_dir("not-a-dir").join("file");
+    let file = scratch_dir("state-not-a-dir").join("file");
     std::fs::write(&file, b"").unwrap();
     let probe = component("probe");
     let finished = common::run_pulse(&[
@@ -263,7 +255,7 @@ async fn an_unwritable_state_dir_is_refused_at_start_naming_it() {
 
 #[tokio::test]
 async fn a_crash_during_a_run_does_not_make_it_run_again() {
-    let dir = state_dir("crash");
+    let dir = scratch_dir("state-crash");
     write_state(&dir, "2026-05-01T07:59:00Z");
     // A target that accepts and never answers: the 08:00 run hangs until
     // pulse is killed.
@@ -278,31 +270,9 @@ async fn a_crash_during_a_run_does_not_make_it_run_again() {
             held.push(stream);
         }
     });
-    let probe = component("probe");
     let target = format!("http://{silent}/healthcheck");
-    let start = |clock: &str| {
-        let mut command = tokio::process::Command::new(pulse_bin());
-        command.env("PULSE_CLOCK_START", clock);
-        Pulse::spawn_command(
-            command,
-            &[
-                "schedule",
-                "--probe",
-                probe.to_str().unwrap(),
-                "--target",
-                &target,
-                "--schedule",
-                "0 8 * * *",
-                "--timeout",
-                "30s",
-                "--retries",
-                "0",
-                "--state-dir",
-                dir.to_str().unwrap(),
-            ],
-        )
-    };
-    let mut pulse = start("2026-05-01T08:00:02Z");
+    let patient = ["--timeout", "30s"];
+    let mut pulse = start("2026-05-01T08:00:02Z", &dir, &target, &patient);
     let deadline = tokio::time::Instant::now() + common::PATIENCE;
     while accepted.load(Ordering::SeqCst) == 0 {
         assert!(
@@ -317,7 +287,7 @@ async fn a_crash_during_a_run_does_not_make_it_run_again() {
     pulse.wait_exit(common::PATIENCE).await;
     assert_eq!(read_state(&dir)["last_decision"], "fired");
 
-    let mut again = start("2026-05-01T08:00:10Z");
+    let mut again = start("2026-05-01T08:00:10Z", &dir, &target, &patient);
     let started = again
         .wait_for_stderr(|l| l["message"] == "scheduler started")
         .await;

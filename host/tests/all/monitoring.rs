@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::common::{closed_port, component, http, Pulse, PATIENCE};
+use crate::common::{closed_port, component, http, scratch_dir, Pulse, PATIENCE};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -51,11 +51,6 @@ fn shipped_rules(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn free_port() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A Prometheus server scraping `target` every second and evaluating
 /// `rules` every second; killed when dropped.
 struct Prometheus {
@@ -75,7 +70,8 @@ impl Prometheus {
         );
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port().await).parse().unwrap();
+        // A port free a moment ago, for Prometheus to bind.
+        let addr = closed_port().await;
         let child = tokio::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
@@ -122,9 +118,7 @@ impl Prometheus {
 
 #[tokio::test]
 async fn prometheus_fires_probe_failed_for_a_real_failing_probe() {
-    let dir = std::env::temp_dir().join(format!("pulse-prometheus-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("prometheus");
     let rules = shipped_rules(&dir);
     assert!(!rules.is_empty());
 

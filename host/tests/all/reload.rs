@@ -11,19 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{component, http, run_pulse, Pulse, Target};
+use common::{component, http, run_pulse, scratch_dir, Pulse, Target};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
 const HEALTH_BODY: &str = "\"component\":\"health\"";
 const FAULTY_BODY: &str = "{\"status\":\"ok\"}";
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("pulse-reload-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Replaces `path` with `source` by writing a temporary file and renaming
 /// it over (what `kubectl cp`, editors and deploy tools do).

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -81,20 +80,12 @@ async fn get_with_traceparent(
     path: &str,
     traceparent: &str,
 ) -> StatusCode {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let request = Request::get(path)
         .header("host", addr.to_string())
         .header("traceparent", traceparent)
-        .body(Empty::<Bytes>::new())
+        .body(Full::<Bytes>::default())
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
-    let status = response.status();
-    response.into_body().collect().await.unwrap();
-    status
+    common::send(addr, request).await.0
 }
 
 #[tokio::test]
