@@ -183,7 +183,9 @@ async fn keep(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown
                 Some(next)
             }
             Due::Missed { at, count } => {
-                state.decided(at.with_timezone(&Utc), Decision::Missed);
+                state
+                    .decided(at.with_timezone(&Utc), Decision::Missed)
+                    .await;
                 tracing::warn!(
                     scheduled_for = rfc3339(&at),
                     missed = count,
@@ -204,7 +206,7 @@ async fn keep(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown
                     tracing::warn!(skipped, scheduled_for = rfc3339(&at),
                         "earlier firings fell due in the same gap and were skipped; running the latest");
                 }
-                fire(&mut runs, &prober, &state, at, policy.concurrency);
+                fire(&mut runs, &prober, &state, at, policy.concurrency).await;
                 continue;
             }
         };
@@ -223,7 +225,7 @@ async fn keep(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown
 
 /// Starts the run for the scheduled instant `at`, or skips it, recording
 /// which before anything starts.
-fn fire(
+async fn fire(
     runs: &mut JoinSet<()>,
     prober: &Arc<Prober>,
     state: &Arc<ProbeState>,
@@ -234,7 +236,7 @@ fn fire(
     if !runs.is_empty() {
         match policy {
             ConcurrencyPolicy::Forbid => {
-                state.decided(instant, Decision::Skipped);
+                state.decided(instant, Decision::Skipped).await;
                 tracing::warn!(
                     scheduled_for = rfc3339(&at),
                     "skipped: the previous run is still going (concurrencyPolicy Forbid)"
@@ -252,7 +254,7 @@ fn fire(
             ConcurrencyPolicy::Allow => {}
         }
     }
-    state.decided(instant, Decision::Fired);
+    state.decided(instant, Decision::Fired).await;
     start_run(runs, prober, state, Some(at));
 }
 
@@ -266,7 +268,7 @@ fn start_run(
     let state = state.clone();
     let run = async move {
         let record = prober.run(at).await;
-        state.ran(&record, clock::now());
+        state.ran(&record, clock::now()).await;
         record.emit();
     };
     runs.spawn(run.instrument(tracing::Span::current()));

@@ -20,7 +20,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -221,17 +221,17 @@ impl ProbeState {
 
     /// Records what was decided for the scheduled instant `at`, durably,
     /// before any run for it starts.
-    pub fn decided(&self, at: DateTime<Utc>, decision: Decision) {
+    pub async fn decided(self: &Arc<Self>, at: DateTime<Utc>, decision: Decision) {
         {
             let mut record = self.lock();
             record.last_schedule_time = Some(at);
             record.last_decision = Some(decision);
         }
-        self.save();
+        self.persist().await;
     }
 
     /// Records a finished run.
-    pub fn ran(&self, run: &ProbeRecord, ended: DateTime<Utc>) {
+    pub async fn ran(self: &Arc<Self>, run: &ProbeRecord, ended: DateTime<Utc>) {
         {
             let mut record = self.lock();
             record.last_run_time = Some(ended);
@@ -241,7 +241,20 @@ impl ProbeState {
                 record.last_successful_time = Some(ended);
             }
         }
-        self.save();
+        self.persist().await;
+    }
+
+    /// [`ProbeState::save`] on a blocking thread: its fsyncs can take
+    /// milliseconds, which an async worker that also serves requests must
+    /// not spend waiting. Returns once the write is done.
+    async fn persist(self: &Arc<Self>) {
+        if self.file.is_none() {
+            return;
+        }
+        let state = Arc::clone(self);
+        if let Err(e) = tokio::task::spawn_blocking(move || state.save()).await {
+            tracing::error!(error = %e, "the schedule state write did not finish");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
@@ -357,17 +370,24 @@ mod tests {
         assert_eq!(file_stem("é"), "%C3%A9");
     }
 
-    #[test]
-    fn a_decision_survives_a_restart_and_a_changed_schedule_starts_afresh() {
+    #[tokio::test]
+    async fn a_decision_survives_a_restart_and_a_changed_schedule_starts_afresh() {
         let dir = temporary_dir("resume");
         let states = StateDir::open(&dir).unwrap();
         let daily = schedule("0 8 * * *");
-        let state = ProbeState::load(&states, "probe", &daily, at("2026-05-01T07:00:00Z"));
+        let state = Arc::new(ProbeState::load(
+            &states,
+            "probe",
+            &daily,
+            at("2026-05-01T07:00:00Z"),
+        ));
         assert_eq!(
             state.resume_after(at("2026-05-01T07:00:00Z")),
             at("2026-05-01T07:00:00Z")
         );
-        state.decided(at("2026-05-01T08:00:00Z"), Decision::Fired);
+        state
+            .decided(at("2026-05-01T08:00:00Z"), Decision::Fired)
+            .await;
         drop(state);
 
         let again = ProbeState::load(&states, "probe", &daily, at("2026-05-01T08:00:02Z"));
