@@ -37,10 +37,11 @@ lint:
 
 # Build the components (release, wasm32-wasip2) into target/components/; health and probe also into the ConfigMap overlay.
 build-components: setup
-    cargo build --release --locked --target wasm32-wasip2 -p health -p health-p3 -p probe -p faulty
+    cargo build --release --locked --target wasm32-wasip2 -p health -p health-p3 -p probe -p faulty -p faulty-p3
     mkdir -p {{components}} k8s/overlays/configmap/components
     cp target/wasm32-wasip2/release/{health,probe,faulty}.wasm {{components}}/
     cp target/wasm32-wasip2/release/health_p3.wasm {{components}}/health-p3.wasm
+    cp target/wasm32-wasip2/release/faulty_p3.wasm {{components}}/faulty-p3.wasm
     cp {{components}}/health.wasm {{components}}/probe.wasm k8s/overlays/configmap/components/
 
 # Build the JavaScript health handler (components/health-js) with componentize-js from npm, when npm is there; 13 MB, about 40 s.

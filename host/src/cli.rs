@@ -177,6 +177,26 @@ pub struct ServeArgs {
           value_name = "N")]
     pub max_concurrency: Option<u32>,
 
+    /// Most requests one handler instance serves before it is dropped for a
+    /// fresh one. 1 means a fresh instance for every request. A reused
+    /// instance keeps its memory (globals, caches, anything the guest
+    /// stored) from one request to the next. [default: 1 for a WASI 0.2
+    /// handler, 128 for a WASI 0.3 one]
+    #[arg(long, env = "PULSE_MAX_INSTANCE_REUSE", value_parser = clap::value_parser!(u32).range(1..),
+          value_name = "N")]
+    pub max_instance_reuse: Option<u32>,
+
+    /// Most requests one WASI 0.3 handler instance serves at once (a WASI
+    /// 0.2 instance serves one at a time). [default: 16]
+    #[arg(long, env = "PULSE_MAX_INSTANCE_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..),
+          value_name = "N")]
+    pub max_instance_concurrency: Option<u32>,
+
+    /// How long a reused instance may wait idle for its next request
+    /// before it is dropped. [default: 10s]
+    #[arg(long, env = "PULSE_INSTANCE_IDLE_TIMEOUT", value_parser = Dur::from_str, value_name = "DUR")]
+    pub instance_idle_timeout: Option<Dur>,
+
     /// Longest one request may run in the handler, streaming its body
     /// included (e.g. 30s, 500ms); past it the guest is stopped and the
     /// client gets 504. [default: 30s]

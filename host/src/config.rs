@@ -40,7 +40,7 @@ use crate::outbound::{AllowList, AllowRule};
 use crate::pace::Pace;
 use crate::probe::{ProbeOptions, Target};
 use crate::schedule::{ConcurrencyPolicy, Expression, Policy, Schedule, Zone};
-use crate::serve::ServeOptions;
+use crate::serve::{Reuse, ServeOptions};
 use crate::units::{Dur, Size};
 
 /// The default of every setting that has one.
@@ -59,6 +59,14 @@ pub mod defaults {
     pub const ADMIN_PORT: u16 = 9090;
     /// Requests in the handler at once.
     pub const MAX_CONCURRENCY: u32 = 256;
+    /// Requests one WASI 0.2 instance serves: a fresh instance each.
+    pub const INSTANCE_REUSE_P2: u32 = 1;
+    /// Requests one WASI 0.3 instance serves, as `wasmtime serve` does.
+    pub const INSTANCE_REUSE_P3: u32 = 128;
+    /// Requests one WASI 0.3 instance serves at once, as `wasmtime serve` does.
+    pub const INSTANCE_CONCURRENCY: u32 = 16;
+    /// How long a reusable instance waits idle before it is dropped.
+    pub const INSTANCE_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Time one request may take.
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     /// Request body size.
@@ -116,6 +124,9 @@ pub struct HandlerSection {
     pub env: Option<BTreeMap<String, String>>,
     pub listen: Option<SocketAddr>,
     pub max_concurrency: Option<u32>,
+    pub max_instance_reuse: Option<u32>,
+    pub max_instance_concurrency: Option<u32>,
+    pub instance_idle_timeout: Option<Dur>,
     pub request_timeout: Option<Dur>,
     pub max_request_body: Option<Size>,
     pub header_timeout: Option<Dur>,
@@ -261,6 +272,24 @@ pub fn handler(
     if max_concurrency == 0 {
         bail!("{source}: [handler] max_concurrency: must be at least 1");
     }
+    let reuse = Reuse {
+        max_requests: args.max_instance_reuse.or(section.max_instance_reuse),
+        max_concurrent: args
+            .max_instance_concurrency
+            .or(section.max_instance_concurrency)
+            .unwrap_or(defaults::INSTANCE_CONCURRENCY),
+        idle_timeout: duration(
+            args.instance_idle_timeout,
+            section.instance_idle_timeout,
+            defaults::INSTANCE_IDLE_TIMEOUT,
+        ),
+    };
+    if reuse.max_requests == Some(0) {
+        bail!("{source}: [handler] max_instance_reuse: must be at least 1 (1 is a fresh instance per request)");
+    }
+    if reuse.max_concurrent == 0 {
+        bail!("{source}: [handler] max_instance_concurrency: must be at least 1");
+    }
     let allow_outbound = args
         .handler_allow_outbound
         .clone()
@@ -268,6 +297,7 @@ pub fn handler(
         .unwrap_or_default();
     let options = ServeOptions {
         max_concurrency: max_concurrency as usize,
+        reuse,
         request_timeout: duration(
             args.request_timeout,
             section.request_timeout,
@@ -551,6 +581,30 @@ mod tests {
             256,
             7,
             3,
+        );
+        handler_precedence(
+            &["--max-instance-reuse", "3"],
+            "max_instance_reuse = 7",
+            |s| s.options.reuse.max_requests,
+            None,
+            Some(7),
+            Some(3),
+        );
+        handler_precedence(
+            &["--max-instance-concurrency", "3"],
+            "max_instance_concurrency = 7",
+            |s| s.options.reuse.max_concurrent,
+            16,
+            7,
+            3,
+        );
+        handler_precedence(
+            &["--instance-idle-timeout", "3s"],
+            "instance_idle_timeout = \"7s\"",
+            |s| s.options.reuse.idle_timeout,
+            secs(10),
+            secs(7),
+            secs(3),
         );
         handler_precedence(
             &["--request-timeout", "3s"],

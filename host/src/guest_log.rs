@@ -6,7 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use tokio::io::AsyncWrite;
@@ -32,19 +32,46 @@ impl Stream {
     }
 }
 
+/// The span a store's guest output is logged in: its request or probe run.
+/// Shared with the store, which sets it anew for each request a reused
+/// instance is given.
+#[derive(Clone, Debug)]
+pub struct SharedSpan(Arc<Mutex<tracing::Span>>);
+
+impl SharedSpan {
+    /// Shares `span`.
+    pub fn new(span: tracing::Span) -> Self {
+        Self(Arc::new(Mutex::new(span)))
+    }
+
+    /// Logs from now on in `span`.
+    pub fn set(&self, span: tracing::Span) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = span;
+    }
+
+    #[cfg(test)]
+    fn none() -> Self {
+        Self::new(tracing::Span::none())
+    }
+
+    fn get(&self) -> tracing::Span {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
 /// A guest output stream that turns lines into log events.
 #[derive(Clone)]
 pub struct GuestLog {
     component: Arc<str>,
     stream: Stream,
-    span: tracing::Span,
+    span: SharedSpan,
 }
 
 impl GuestLog {
     /// The `stream` of `component`; its lines are logged in `span`, which
     /// names the request or probe run. (The writes happen in a task of
     /// their own, so the span is carried here rather than entered.)
-    pub fn new(component: Arc<str>, stream: Stream, span: tracing::Span) -> Self {
+    pub fn new(component: Arc<str>, stream: Stream, span: SharedSpan) -> Self {
         Self {
             component,
             stream,
@@ -63,7 +90,6 @@ impl StdoutStream for GuestLog {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
         Box::new(LineWriter {
             log: self.clone(),
-            span: self.span.clone(),
             line: Vec::new(),
             dropped: 0,
         })
@@ -72,7 +98,6 @@ impl StdoutStream for GuestLog {
 
 struct LineWriter {
     log: GuestLog,
-    span: tracing::Span,
     line: Vec<u8>,
     /// Bytes of the current line past [`MAX_LINE`], not kept.
     dropped: usize,
@@ -103,7 +128,8 @@ impl LineWriter {
         let text = text.trim_end_matches('\r');
         let (component, stream) = (&*self.log.component, self.log.stream.name());
         let truncated_bytes = (self.dropped > 0).then_some(self.dropped);
-        let _in_span = self.span.enter();
+        let span = self.log.span.get();
+        let _in_span = span.enter();
         tracing::info!(
             component,
             stream,
@@ -149,8 +175,7 @@ mod tests {
 
     fn writer() -> LineWriter {
         LineWriter {
-            log: GuestLog::new("test".into(), Stream::Stdout, tracing::Span::none()),
-            span: tracing::Span::none(),
+            log: GuestLog::new("test".into(), Stream::Stdout, SharedSpan::none()),
             line: Vec::new(),
             dropped: 0,
         }

@@ -63,6 +63,7 @@ mod component_scan;
 mod config;
 mod engine;
 mod guest_log;
+mod instances;
 mod logging;
 mod memory;
 mod metrics;

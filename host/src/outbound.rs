@@ -145,8 +145,8 @@ pub struct HttpHooks {
     allow: Arc<AllowList>,
     component: Arc<str>,
     /// The span the component runs in: its outgoing requests carry its
-    /// trace context.
-    span: tracing::Span,
+    /// trace context. A reused instance gets its request's span each time.
+    pub span: tracing::Span,
     /// The last destination this store was denied, if any.
     pub denied: Option<String>,
 }

@@ -20,7 +20,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
+use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
 use crate::metrics::Metrics;
 use crate::outbound::{AllowList, AllowRule};
 use crate::reload::{Reloadable, Swappable};
@@ -83,8 +83,8 @@ impl ProbeComponent {
 /// Compiles and checks a probe: it must export `check` with the probe
 /// world's signature.
 fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<ProbePre<HostState>, LoadError> {
-    let instance_pre = runtime.compile(path, Role::Probe, bytes)?;
-    ProbePre::new(instance_pre).map_err(|e| LoadError::MissingExport {
+    let compiled = runtime.compile(path, Role::Probe, bytes)?;
+    ProbePre::new(compiled.pre).map_err(|e| LoadError::MissingExport {
         role: Role::Probe.name(),
         path: path.to_owned(),
         missing: "check: func(target: string, deadline: duration) -> result<report, probe-error>",
@@ -453,7 +453,7 @@ impl Prober {
     async fn attempt(&self) -> Attempt {
         let started = Instant::now();
         let limit = self.options.timeout + GRACE;
-        let mut store = self.component.runtime.new_store(StoreSetup {
+        let mut store = self.component.runtime.new_store(Wasi::P2, StoreSetup {
             component: Arc::from(self.name.as_str()),
             outbound: self.outbound.clone(),
             deadline: started + limit,

@@ -172,6 +172,12 @@ impl<P: Clone + Send + Sync + 'static> Swappable<P> {
     pub fn current(&self) -> P {
         self.current.load().0.clone()
     }
+
+    /// The component in use now with its digest, as one shared value: a
+    /// caller that keeps state per component tells a swap by the pointer.
+    pub fn loaded(&self) -> Arc<(P, String)> {
+        self.current.load_full()
+    }
 }
 
 impl<P: Clone + Send + Sync + 'static> Reloadable for Swappable<P> {

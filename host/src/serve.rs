@@ -1,10 +1,13 @@
 //! The HTTP server: hyper accepts connections, and each request runs the
-//! handler component on a fresh store.
+//! handler component, a WASI 0.2 or a WASI 0.3 one, on an instance
+//! [`crate::instances`] gives it: a fresh one by default for WASI 0.2, a
+//! reused one when reuse is on (always, by default, for WASI 0.3).
 //!
-//! The component is pre-instantiated once ([`ProxyPre`]) and replaced
-//! atomically when its file changes ([`crate::reload`]). Per request the
-//! server instantiates it, calls `wasi:http/incoming-handler.handle` in a
-//! spawned task and awaits the response the guest sets. Whatever the guest
+//! The component is pre-instantiated once and replaced atomically when its
+//! file changes ([`crate::reload`]). A WASI 0.2 request runs
+//! `wasi:http/incoming-handler.handle` in a spawned task that owns the
+//! store, and the server awaits the response the guest sets; a WASI 0.3
+//! request goes to a worker owning a 0.3 instance. Whatever the guest
 //! does, the client gets an answer and the server goes on; every answer
 //! carries an `x-request-id`, and every host-made answer is small JSON that
 //! repeats it:
@@ -18,12 +21,14 @@
 //! | the guest trapped or never set a response       | 500 |
 //! | the guest ran past `request_timeout`            | 504 |
 //!
-//! A request holds its concurrency slot for the whole life of its
-//! instance: the slot moves into the task that owns the store, which ends
-//! when the guest returns (after streaming its body), is stopped at its
-//! deadline, or is stopped because the client went away or was cut for
-//! reading too slowly. So the slots bound the live instances, and the
-//! instance pool, sized above them, is never the limit that trips.
+//! A request holds its concurrency slot until its response body has been
+//! streamed: for WASI 0.2 the slot moves into the task that owns the
+//! store, which ends when the guest returns (after streaming its body), is
+//! stopped at its deadline, or is stopped because the client went away or
+//! was cut for reading too slowly; for WASI 0.3 the response body holds it.
+//! So the slots bound the requests in the guest, and the instance pools,
+//! sized for them and as many idle instances, are never the limit that
+//! trips.
 //!
 //! `serve` takes its listener and its shutdown signal from the caller, so
 //! tests bind `127.0.0.1:0`.
@@ -47,13 +52,18 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
+use arc_swap::ArcSwap;
+use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler, TrapOrPanicError};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::accept::{self, PortLimits};
-use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup};
+use crate::engine::{is_deadline, LoadError, Runtime, Wasi};
+pub use crate::instances::Reuse;
+use crate::instances::{
+    Generation, Loaded, P2Pool, P3State, RequestContext, Serving, StoreTemplate,
+};
 use crate::memory::Refusal;
 use crate::metrics::Metrics;
 use crate::outbound::AllowList;
@@ -69,6 +79,8 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct ServeOptions {
     /// Requests running in the handler at once; more get 503 at once.
     pub max_concurrency: usize,
+    /// How instances are reused.
+    pub reuse: Reuse,
     /// The longest one request may run in the handler, streaming included.
     pub request_timeout: Duration,
     /// The largest request body passed to the handler.
@@ -89,7 +101,10 @@ pub struct ServeOptions {
 /// serving (see [`crate::reload`]).
 pub struct Handler {
     runtime: Arc<Runtime>,
-    component: Arc<Swappable<ProxyPre<HostState>>>,
+    component: Arc<Swappable<Loaded>>,
+    /// The instances of the component in use (see [`Handler::generation`]).
+    generation: ArcSwap<Generation>,
+    template: StoreTemplate,
     slots: Slots,
     options: ServeOptions,
     metrics: Arc<Metrics>,
@@ -110,8 +125,8 @@ impl Handler {
         let component = Arc::new(Swappable::load(
             runtime.clone(),
             path,
-            Role::Handler,
-            prepare,
+            crate::engine::Role::Handler,
+            crate::instances::prepare,
         )?);
         let name = path
             .file_stem()
@@ -124,9 +139,34 @@ impl Handler {
             .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
             .unwrap_or(0)
             ^ std::process::id();
+        let template = StoreTemplate {
+            component: Arc::from(name.as_str()),
+            outbound: options.outbound.clone(),
+            env: options.env.clone(),
+        };
+        let wasi = component.current().wasi();
+        tracing::info!(
+            component = %name,
+            wasi = wasi.version(),
+            max_instance_reuse = options.reuse.max_requests(wasi),
+            max_instance_concurrency = if wasi == Wasi::P3 { options.reuse.max_concurrent } else { 1 },
+            instance_idle_timeout_ms = options.reuse.idle_timeout.as_millis() as u64,
+            "handler instances"
+        );
+        let generation = Generation::new(
+            component.loaded(),
+            &runtime,
+            &template,
+            options.reuse,
+            options.max_concurrency,
+            options.request_timeout,
+            &metrics,
+        );
         Ok(Self {
             runtime,
             component,
+            generation: ArcSwap::from_pointee(generation),
+            template,
             slots: Slots::new(options.max_concurrency, metrics.in_flight()),
             options,
             metrics,
@@ -134,6 +174,51 @@ impl Handler {
             next_id: AtomicU64::new(1),
             id_prefix,
         })
+    }
+
+    /// The instances of the component in use now. After a reload the first
+    /// request makes a new generation; the old one gets no new requests,
+    /// and its idle WASI 0.2 instances are dropped at once.
+    fn generation(&self) -> Arc<Generation> {
+        let loaded = self.component.loaded();
+        let current = self.generation.load_full();
+        if Arc::ptr_eq(&current.source, &loaded) {
+            return current;
+        }
+        let fresh = Arc::new(Generation::new(
+            loaded,
+            &self.runtime,
+            &self.template,
+            self.options.reuse,
+            self.options.max_concurrency,
+            self.options.request_timeout,
+            &self.metrics,
+        ));
+        let previous = self.generation.compare_and_swap(&current, fresh.clone());
+        if Arc::ptr_eq(&previous, &current) {
+            if let Serving::P2(pool) = &current.serving {
+                pool.retire();
+            }
+            fresh
+        } else {
+            self.generation.load_full()
+        }
+    }
+
+    /// Drops instances idle past the idle timeout, for as long as the
+    /// handler is in use.
+    fn spawn_sweeper(self: &Arc<Self>) {
+        let handler = Arc::downgrade(self);
+        let every = (self.options.reuse.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(handler) = handler.upgrade() else {
+                    return;
+                };
+                handler.generation.load().sweep();
+            }
+        });
     }
 
     /// How long every slot has been busy, if they all are: readiness turns
@@ -268,22 +353,51 @@ impl Handler {
         }
     }
 
-    /// Runs the guest for one request on a fresh store. The `slot` moves
-    /// into the task that owns the store: it is given back only when the
-    /// instance is gone, however long the response takes to stream.
+    /// Runs the guest for one request, on an instance of the component in
+    /// use now.
     async fn call_guest(
         &self,
         request: Request<GuardedBody>,
         slot: Slot,
     ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
+        let generation = self.generation();
+        match &generation.serving {
+            Serving::P2(_) => self.call_p2(generation.clone(), request, slot).await,
+            Serving::P3(handler) => self.call_p3(handler.clone(), request, slot).await,
+        }
+    }
+
+    /// Runs a WASI 0.2 guest for one request, on a fresh instance or a
+    /// reused one. The `slot` moves into the task that owns the store: it
+    /// is given back only when the guest is done with the request, however
+    /// long the response takes to stream.
+    async fn call_p2(
+        &self,
+        generation: Arc<Generation>,
+        request: Request<GuardedBody>,
+        slot: Slot,
+    ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
+        let Serving::P2(pool) = &generation.serving else {
+            unreachable!("call_p2 is given a WASI 0.2 generation");
+        };
         let timeout = self.options.request_timeout;
-        let mut store = self.runtime.new_store(StoreSetup {
-            component: self.name.clone(),
-            outbound: self.options.outbound.clone(),
-            deadline: Instant::now() + timeout,
-            env: self.options.env.clone(),
-            span: tracing::Span::current(),
-        });
+        let deadline = Instant::now() + timeout;
+        let (mut store, reused) = match pool.take() {
+            Some(mut idle) => {
+                idle.store
+                    .data_mut()
+                    .begin_request(deadline, tracing::Span::current());
+                idle.store.set_epoch_deadline(1);
+                (idle.store, Some((idle.proxy, idle.served)))
+            }
+            None => (
+                self.runtime.new_store(
+                    pool.engine(),
+                    self.template.setup(deadline, tracing::Span::current()),
+                ),
+                None,
+            ),
+        };
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let incoming = store
             .data_mut()
@@ -295,26 +409,46 @@ impl Handler {
             .http()
             .new_response_outparam(sender)
             .map_err(|e| GuestFailure::Guest(e.into()))?;
-        let pre = self.component.current();
         let metrics = self.metrics.clone();
         // The guest may go on streaming the body after it sets the response,
         // so it runs in its own task while this one awaits the response. The
         // store's deadline stops a guest that computes past the timeout; the
         // timer here stops one that waits past it. Either way the store is
-        // dropped, and with it any response not yet set, then the slot.
+        // dropped, and with it any response not yet set, then the slot. An
+        // instance that returned cleanly may serve again (if reuse is on);
+        // one that trapped, ran out of time or was refused memory never does.
         let task = tokio::spawn(async move {
+            let Serving::P2(pool) = &generation.serving else {
+                unreachable!("call_p2 is given a WASI 0.2 generation");
+            };
             let call = async {
-                let started = Instant::now();
-                let proxy = pre.instantiate_async(&mut store).await?;
-                metrics.instantiation("handler", started.elapsed());
+                let (proxy, served) = match reused {
+                    Some(reused) => reused,
+                    None => {
+                        let started = Instant::now();
+                        let proxy = pool.pre().instantiate_async(&mut store).await?;
+                        metrics.instantiation("handler", started.elapsed());
+                        (proxy, 0)
+                    }
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, incoming, outparam)
                     .await
+                    .map(|()| (proxy, served + 1))
             };
             let outcome = tokio::time::timeout(timeout, call).await;
             let refused = store.data().memory_refused();
-            drop(store);
+            let outcome = match outcome {
+                Ok(Ok((proxy, served))) => {
+                    if refused.is_none() && pool.reuses() {
+                        pool.give_back(P2Pool::instance(store, proxy, served));
+                    }
+                    Ok(Ok(()))
+                }
+                Ok(Err(trap)) => Ok(Err(trap)),
+                Err(elapsed) => Err(elapsed),
+            };
             drop(slot);
             (outcome, refused)
         });
@@ -345,6 +479,49 @@ impl Handler {
                 };
                 Err(GuestFailure::Guest(why))
             }
+        }
+    }
+}
+
+impl Handler {
+    /// Runs a WASI 0.3 guest for one request: a worker takes it onto one of
+    /// its instance's concurrent tasks. The slot is held by the response
+    /// body until it has been streamed.
+    async fn call_p3(
+        &self,
+        handler: ProxyHandler<P3State>,
+        request: Request<GuardedBody>,
+        slot: Slot,
+    ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
+        let timeout = self.options.request_timeout;
+        let deadline = Instant::now() + timeout;
+        let context = RequestContext {
+            deadline,
+            span: tracing::Span::current(),
+        };
+        let request = request.map(|body| body.boxed_unsync());
+        // The worker enforces the deadline too, but a guest that keeps its
+        // instance busy can delay that; this timer answers on time whatever
+        // the instance does.
+        match tokio::time::timeout(timeout, handler.handle(context, request)).await {
+            Ok(Ok(response)) => Ok(response.map(|body| {
+                GuestBody::holding(body, slot).boxed_unsync()
+            })),
+            Ok(Err(error)) if error.is::<ExpirationError>() => Err(GuestFailure::Timeout),
+            Ok(Err(error)) if error.is::<TrapOrPanicError>() => {
+                if Instant::now() + Duration::from_millis(5) >= deadline {
+                    Err(GuestFailure::Timeout)
+                } else {
+                    Err(GuestFailure::Guest(anyhow::anyhow!(
+                        "the handler instance trapped or was stopped before it answered this request \
+                         (a trap in any request an instance serves stops the instance)"
+                    )))
+                }
+            }
+            Ok(Err(error)) => Err(GuestFailure::Guest(
+                anyhow::Error::from(error).context("the handler failed"),
+            )),
+            Err(_elapsed) => Err(GuestFailure::Timeout),
         }
     }
 }
@@ -446,7 +623,10 @@ impl Saturation {
 /// running on to its deadline for nobody.
 struct GuestBody {
     inner: HyperOutgoingBody,
-    guest: AbortHandle,
+    /// The WASI 0.2 task that owns the instance.
+    guest: Option<AbortHandle>,
+    /// A WASI 0.3 request's slot, given back when the body is done.
+    _slot: Option<Slot>,
     ended: bool,
 }
 
@@ -454,7 +634,19 @@ impl GuestBody {
     fn new(inner: HyperOutgoingBody, guest: AbortHandle) -> Self {
         Self {
             inner,
-            guest,
+            guest: Some(guest),
+            _slot: None,
+            ended: false,
+        }
+    }
+
+    /// A WASI 0.3 body: dropping it closes the guest's stream, and gives
+    /// the request's slot back.
+    fn holding(inner: HyperOutgoingBody, slot: Slot) -> Self {
+        Self {
+            inner,
+            guest: None,
+            _slot: Some(slot),
             ended: false,
         }
     }
@@ -488,33 +680,22 @@ impl Body for GuestBody {
 impl Drop for GuestBody {
     fn drop(&mut self) {
         if !self.ended && !self.inner.is_end_stream() {
-            self.guest.abort();
+            if let Some(guest) = &self.guest {
+                guest.abort();
+            }
         }
     }
-}
-
-/// Compiles and checks a handler: it must export the standard
-/// `wasi:http/incoming-handler`.
-fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<ProxyPre<HostState>, LoadError> {
-    let instance_pre = runtime.compile(path, Role::Handler, bytes)?;
-    ProxyPre::new(instance_pre).map_err(|e| LoadError::MissingExport {
-        role: Role::Handler.name(),
-        path: path.to_owned(),
-        missing: "wasi:http/incoming-handler@0.2.x with the standard handle signature",
-        found: format!("an incompatible incoming-handler ({e:#})"),
-        how: "build it for the wasi:http/proxy world of WASI 0.2",
-    })
 }
 
 /// Checks that `bytes` (read from `path`) is a usable handler, as `pulse
 /// check --role handler` does.
 pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    prepare(runtime, path, bytes).map(drop)
+    crate::instances::prepare(runtime, path, bytes).map(drop)
 }
 
 impl Handler {
     /// The handler component, for reloading.
-    pub fn component(&self) -> Arc<Swappable<ProxyPre<HostState>>> {
+    pub fn component(&self) -> Arc<Swappable<Loaded>> {
         self.component.clone()
     }
 }
@@ -650,6 +831,7 @@ pub async fn serve(
         pace: handler.options.body_pace,
         shutdown_grace: handler.options.shutdown_grace,
     };
+    handler.spawn_sweeper();
     let service = move |request| {
         let handler = handler.clone();
         async move { handler.handle(request).await }

@@ -15,6 +15,8 @@
 //!   with the error code;
 //! - `/env?name=N` answers with the environment variable N, or `unset`;
 //! - `/print` writes lines to stdout and stderr, one of them 100 KB long;
+//! - `/count` answers with how many requests this instance has been given,
+//!   this one included: 1 on a fresh instance, more on a reused one;
 //! - anything else answers 200 `{"status":"ok"}`.
 //!
 //! As a probe, by target: a URL containing `trap` panics, `spin` loops
@@ -129,8 +131,12 @@ fn fetch(url: &str) -> Result<u16, ErrorCode> {
     Ok(response.status())
 }
 
+/// Requests this instance has been given; instance-local, like all guest state.
+static HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Handler for Faulty {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let handled = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let path = request.path_with_query().unwrap_or_default();
         let route = path.split('?').next().unwrap_or_default();
         match route {
@@ -163,6 +169,7 @@ impl Handler for Faulty {
                 let value = std::env::var(name).unwrap_or_else(|_| "unset".into());
                 respond(response_out, 200, format!("{value}\n").as_bytes());
             }
+            "/count" => respond(response_out, 200, format!("{handled}\n").as_bytes()),
             "/print" => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");
