@@ -16,7 +16,7 @@ use crate::cli::{
 };
 use crate::component_scan::Declared;
 use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
-use crate::engine::{GuestLimits, Role, Runtime, PROBE_INSTANCES};
+use crate::engine::{GuestLimits, Role, Runtime, Wasi, PROBE_INSTANCES};
 use crate::memory::{self, BudgetSource};
 use crate::metrics::Metrics;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
@@ -204,8 +204,11 @@ impl Start {
         let global = config::global(cli, &file);
         let limits = GuestLimits {
             max_memory: usize::try_from(global.max_memory).unwrap_or(usize::MAX),
+            // Requests in flight, as many idle instances kept for reuse,
+            // and the probes.
             max_instances: u32::try_from(handler_slots)
                 .unwrap_or(u32::MAX)
+                .saturating_mul(2)
                 .saturating_add(PROBE_INSTANCES),
         };
         let metrics = Arc::new(Metrics::new());
@@ -422,11 +425,13 @@ fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode
         CheckRole::Probe => Role::Probe,
     };
     let checked = runtime.read(&args.file, role).and_then(|file| {
-        match role {
-            Role::Handler => serve::check(runtime, &args.file, &file.bytes),
-            Role::Probe => crate::probe::check(runtime, &args.file, &file.bytes),
-        }
-        .map(|()| (file.digest, wasi_targeted(&file.bytes)))
+        let runs_as = match role {
+            Role::Handler => serve::check(runtime, &args.file, &file.bytes)?,
+            Role::Probe => {
+                crate::probe::check(runtime, &args.file, &file.bytes).map(|()| Wasi::P2)?
+            }
+        };
+        Ok((file.digest, wasi_targeted(runs_as, &file.bytes)))
     });
     match checked {
         Ok((digest, wasi)) => {
@@ -444,12 +449,29 @@ fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode
     }
 }
 
-/// ", for WASI 0.2" when the component's `wasi:` names say so; empty for
-/// a precompiled file or a component that names no WASI interface.
-fn wasi_targeted(bytes: &[u8]) -> String {
-    match Declared::read(bytes).map(|d| d.wasi_versions()) {
-        Some(versions) if !versions.is_empty() => format!(", for WASI {}", versions.join(" and ")),
-        _ => String::new(),
+/// ", for WASI 0.3" for a component run as a WASI 0.3 one, and which other
+/// WASI versions it uses interfaces of; nothing more for a precompiled file
+/// (its names are not read).
+fn wasi_targeted(runs_as: Wasi, bytes: &[u8]) -> String {
+    let named = Declared::read(bytes)
+        .map(|d| d.wasi_versions())
+        .unwrap_or_default();
+    if named.is_empty() {
+        return String::new();
+    }
+    let others: Vec<&str> = named
+        .iter()
+        .map(String::as_str)
+        .filter(|&version| version != runs_as.version())
+        .collect();
+    if others.is_empty() {
+        format!(", for WASI {}", runs_as.version())
+    } else {
+        format!(
+            ", for WASI {} (it also uses WASI {} interfaces)",
+            runs_as.version(),
+            others.join(" and ")
+        )
     }
 }
 

@@ -85,6 +85,8 @@ pub struct Cli {
 
 /// What to run.
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Serve HTTP through a wasi:http handler component.
     Serve(ServeArgs),

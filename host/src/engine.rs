@@ -430,11 +430,12 @@ impl Runtime {
                 .extension()
                 .is_some_and(|e| e == precompiled::EXTENSION);
         if precompiled {
-            self.precompiled_for(bytes).map_err(|reason| LoadError::Precompiled {
-                role: name,
-                path: path.to_owned(),
-                reason,
-            })?;
+            self.precompiled_for(bytes)
+                .map_err(|reason| LoadError::Precompiled {
+                    role: name,
+                    path: path.to_owned(),
+                    reason,
+                })?;
         } else {
             check_component_header(bytes).map_err(|kind| match kind {
                 HeaderKind::NotWasm => LoadError::NotWasm {
@@ -506,11 +507,13 @@ impl Runtime {
             if wasi == Wasi::P3 && role != Role::Handler {
                 return Err(explain_wasi_0_3(path, role, bytes));
             }
-            let component = Component::from_binary(&self.flavor(wasi).engine, bytes)
-                .map_err(|e| LoadError::Invalid {
-                    role: name,
-                    path: path.to_owned(),
-                    reason: format!("{e:#}"),
+            let component =
+                Component::from_binary(&self.flavor(wasi).engine, bytes).map_err(|e| {
+                    LoadError::Invalid {
+                        role: name,
+                        path: path.to_owned(),
+                        reason: format!("{e:#}"),
+                    }
                 })?;
             (component, wasi)
         };

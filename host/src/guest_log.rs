@@ -55,7 +55,10 @@ impl SharedSpan {
     }
 
     fn get(&self) -> tracing::Span {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -342,38 +342,34 @@ impl HandlerState for P3State {
     type WorkerExpiration = P3Expiry;
     type WorkerState = P3Worker;
 
-    fn instantiate(
-        &self,
-    ) -> impl Future<Output = wasmtime::Result<Instance<HostState, P3Expiry, P3Worker>>> + Send {
-        async move {
-            // Instantiation runs the component's start code: it gets one
-            // request timeout, as a fresh WASI 0.2 instance does.
-            let started = Instant::now();
-            let setup = self
-                .template
-                .setup(started + self.request_timeout, tracing::Span::none());
-            let mut store = self.runtime.new_store(Wasi::P3, setup);
-            let service = self.pre.instantiate_async(&mut store).await?;
-            self.metrics.instantiation("handler", started.elapsed());
-            store
-                .data_mut()
-                .begin_request(no_deadline(), tracing::Span::none());
-            Ok(Instance {
-                store,
-                proxy: Proxy::P3(service),
-                view: http_view,
-                expiration: P3Expiry {
-                    idle_timeout: self.idle_timeout,
-                    busy_timeout: self.request_timeout + STUCK_GRACE,
-                    timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-                    armed_for: None,
-                },
-                state: P3Worker {
-                    max_requests: self.max_requests,
-                    max_concurrent: self.max_concurrent,
-                },
-            })
-        }
+    async fn instantiate(&self) -> wasmtime::Result<Instance<HostState, P3Expiry, P3Worker>> {
+        // Instantiation runs the component's start code: it gets one
+        // request timeout, as a fresh WASI 0.2 instance does.
+        let started = Instant::now();
+        let setup = self
+            .template
+            .setup(started + self.request_timeout, tracing::Span::none());
+        let mut store = self.runtime.new_store(Wasi::P3, setup);
+        let service = self.pre.instantiate_async(&mut store).await?;
+        self.metrics.instantiation("handler", started.elapsed());
+        store
+            .data_mut()
+            .begin_request(no_deadline(), tracing::Span::none());
+        Ok(Instance {
+            store,
+            proxy: Proxy::P3(service),
+            view: http_view,
+            expiration: P3Expiry {
+                idle_timeout: self.idle_timeout,
+                busy_timeout: self.request_timeout + STUCK_GRACE,
+                timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                armed_for: None,
+            },
+            state: P3Worker {
+                max_requests: self.max_requests,
+                max_concurrent: self.max_concurrent,
+            },
+        })
     }
 }
 

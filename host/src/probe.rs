@@ -453,13 +453,16 @@ impl Prober {
     async fn attempt(&self) -> Attempt {
         let started = Instant::now();
         let limit = self.options.timeout + GRACE;
-        let mut store = self.component.runtime.new_store(Wasi::P2, StoreSetup {
-            component: Arc::from(self.name.as_str()),
-            outbound: self.outbound.clone(),
-            deadline: started + limit,
-            env: self.options.env.clone(),
-            span: tracing::Span::current(),
-        });
+        let mut store = self.component.runtime.new_store(
+            Wasi::P2,
+            StoreSetup {
+                component: Arc::from(self.name.as_str()),
+                outbound: self.outbound.clone(),
+                deadline: started + limit,
+                env: self.options.env.clone(),
+                span: tracing::Span::current(),
+            },
+        );
         let result = tokio::time::timeout(limit, self.call(&mut store)).await;
         let waited_ms = started.elapsed().as_secs_f64() * 1000.0;
         let timed_out = || {

@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -52,7 +53,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
 use tracing::Instrument;
-use arc_swap::ArcSwap;
 use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler, TrapOrPanicError};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -504,9 +504,9 @@ impl Handler {
         // instance busy can delay that; this timer answers on time whatever
         // the instance does.
         match tokio::time::timeout(timeout, handler.handle(context, request)).await {
-            Ok(Ok(response)) => Ok(response.map(|body| {
-                GuestBody::holding(body, slot).boxed_unsync()
-            })),
+            Ok(Ok(response)) => {
+                Ok(response.map(|body| GuestBody::holding(body, slot).boxed_unsync()))
+            }
             Ok(Err(error)) if error.is::<ExpirationError>() => Err(GuestFailure::Timeout),
             Ok(Err(error)) if error.is::<TrapOrPanicError>() => {
                 if Instant::now() + Duration::from_millis(5) >= deadline {
@@ -689,8 +689,9 @@ impl Drop for GuestBody {
 
 /// Checks that `bytes` (read from `path`) is a usable handler, as `pulse
 /// check --role handler` does.
-pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    crate::instances::prepare(runtime, path, bytes).map(drop)
+/// Returns the WASI version it is served as.
+pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<Wasi, LoadError> {
+    crate::instances::prepare(runtime, path, bytes).map(|loaded| loaded.wasi())
 }
 
 impl Handler {

@@ -116,17 +116,25 @@ async fn handler_without_incoming_handler_export() {
 }
 
 #[tokio::test]
-async fn a_wasi_0_3_handler_is_named_as_one_not_as_a_parser_error() {
+async fn a_wasi_0_3_component_given_as_probe_is_named_as_one_not_as_a_parser_error() {
     let p3 = component("health-p3");
-    let finished = serve_with(p3.to_str().unwrap()).await;
+    let finished = run_pulse(&[
+        "probe",
+        "--probe",
+        p3.to_str().unwrap(),
+        "--target",
+        "http://127.0.0.1:9/",
+    ])
+    .await;
     assert_refused_after_compiling(
         &finished,
         &[
-            "--handler",
+            "--probe",
             p3.to_str().unwrap(),
             "targets WASI 0.3",
             "wasi:http/handler@0.3",
-            "wasi:http/proxy",
+            "a probe must be a WASI 0.2 component",
+            "pulse:probe/probe world",
         ],
     );
     assert!(

@@ -12,6 +12,7 @@ mod cronjob;
 mod durable;
 mod hardening;
 mod hostile;
+mod instances;
 mod misbehaving_guests;
 mod monitoring;
 mod precompiled;

@@ -305,13 +305,21 @@ async fn pulse_check_says_whether_a_component_fits_a_role() {
     assert!(ok.stdout.contains("for WASI 0.2"), "{}", ok.stdout);
 
     let p3 = component("health-p3");
-    let p3 = run_pulse(&["check", p3.to_str().unwrap(), "--role", "handler"]).await;
-    assert_eq!(p3.status.code(), Some(1));
+    let as_handler = run_pulse(&["check", p3.to_str().unwrap(), "--role", "handler"]).await;
+    assert_eq!(as_handler.status.code(), Some(0), "{}", as_handler.stdout);
     assert!(
-        p3.stdout
+        as_handler.stdout.contains("for WASI 0.3"),
+        "{}",
+        as_handler.stdout
+    );
+    let as_probe = run_pulse(&["check", p3.to_str().unwrap(), "--role", "probe"]).await;
+    assert_eq!(as_probe.status.code(), Some(1));
+    assert!(
+        as_probe
+            .stdout
             .contains("targets WASI 0.3 (it exports [wasi:http/handler@0.3"),
         "{}",
-        p3.stdout
+        as_probe.stdout
     );
 
     let wrong = run_pulse(&["check", health.to_str().unwrap(), "--role", "probe"]).await;
@@ -384,4 +392,37 @@ fn cache_entries(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+#[tokio::test]
+async fn swaps_between_wasi_0_2_and_0_3_under_load_lose_no_request() {
+    let dir = scratch_dir("p2-p3");
+    let handler = dir.join("handler.wasm");
+    std::fs::copy(component("health"), &handler).unwrap();
+    let (_pulse, addr) = serve(&handler, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, tasks) = load(addr, 4, stop.clone());
+    for swap in 0..6 {
+        let (source, expected) = if swap % 2 == 0 {
+            (component("health-p3"), "\"component\":\"health-p3\"")
+        } else {
+            (component("health"), HEALTH_BODY)
+        };
+        rename_over(&source, &handler);
+        let took = wait_for_body(addr, expected).await;
+        assert!(
+            took < Duration::from_secs(2),
+            "swap {swap} took {took:?} to be served"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert_eq!(
+        failed, 0,
+        "no request may fail while the handler switches WASI versions ({ok} answered)"
+    );
+    assert!(ok > 100, "the load was continuous: {ok} answered");
 }
