@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
 """`just bench`: pulse serve side by side with its baselines, on one machine.
 
-Servers (each answering GET /healthcheck with the same JSON):
-  pulse    pulse serve with the health component
-  wasmtime wasmtime serve 48.0.8 -Scli on the same component (skipped, with a
-           note, when the binary is not available)
-  native   bench-native, a plain hyper server (the floor of what is possible)
-  express  the original Node.js Express app (skipped when node is missing)
+Servers (each answering GET /healthcheck with the same JSON), in each
+instance mode both hosts offer:
+  pulse          pulse serve, the WASI 0.2 health component, a fresh
+                 instance per request (the default)
+  pulse-reuse    the same, each instance reused for up to 128 requests
+  pulse-p3       pulse serve, the WASI 0.3 health component (health-p3), with
+                 its defaults (reuse: 128 requests, 16 at once)
+  wasmtime, wasmtime-reuse, wasmtime-p3
+                 wasmtime serve 48.0.8 in the same three modes (skipped, with
+                 a note, when the binary is not available)
+  native         bench-native, a plain hyper server (the floor of what is
+                 possible)
+  express        the original Node.js Express app (skipped when node is
+                 missing)
 
 Every server runs pinned to one CPU and wrk to another. Rounds alternate
 between the servers; the report gives medians over the rounds of
@@ -14,10 +22,10 @@ requests/s and p50/p99 latency, the resident memory after the load, and the
 cold start (process start to the first 200, median of several starts) --
 for pulse both compiling at start and from its compilation cache.
 
-Usage: bench.py --pulse BIN --health WASM --native BIN [--wasmtime BIN]
+Usage: bench.py --pulse BIN --health WASM --health-p3 WASM --native BIN [--wasmtime BIN]
                 [--express DIR] [--rounds N] [--duration S] [--connections N]
                 [--output FILE] [--smoke]
---smoke runs pulse alone for one short round and fails unless the report is
+--smoke runs pulse alone (each of its modes) for one short round and fails unless the report is
 produced with zero errors (just test runs it so the harness cannot rot).
 """
 import argparse
@@ -52,8 +60,10 @@ def get_status(port):
 
 
 class Server:
-    def __init__(self, name, command, note):
+    def __init__(self, name, command, note, counterpart=None):
         self.name, self.command, self.note = name, command, note
+        # The wasmtime serve server in the same mode, for pulse's servers.
+        self.counterpart = counterpart
         self.process = None
         self.port = None
 
@@ -141,6 +151,35 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "–"
 
 
+# The goals of issue 14: (pulse server, wasmtime server, least ratio).
+RATIO_GOALS = [("pulse", "wasmtime", 2.5), ("pulse-reuse", "wasmtime-reuse", 1.5), ("pulse-p3", "wasmtime-p3", 1.5)]
+NATIVE_GOAL = 0.40
+RSS_GOAL_MB = 40
+
+
+def goals(med, rss):
+    """The goals, each with the figure of this run and whether it is met."""
+    out = ["| goal | this run | met |", "|---|---|---|"]
+
+    def row(goal, figure, met):
+        out.append(f"| {goal} | {figure} | {'yes' if met else 'no'} |")
+
+    for mine, theirs, least in RATIO_GOALS:
+        if mine in med and theirs in med:
+            r = med[mine]["rps"] / med[theirs]["rps"]
+            row(f"{mine} ≥ {least}x {theirs} (requests/s)", f"{r:.2f}x", r >= least)
+            row(f"{mine} p99 ≤ {theirs} p99", f"{med[mine]['p99']:.2f} vs {med[theirs]['p99']:.2f} ms",
+                med[mine]["p99"] <= med[theirs]["p99"])
+    mine = [n for n in ("pulse", "pulse-reuse", "pulse-p3") if n in med]
+    if "native" in med and mine:
+        best = max(mine, key=lambda n: med[n]["rps"])
+        r = med[best]["rps"] / med["native"]["rps"]
+        row(f"best pulse mode ({best}) ≥ {NATIVE_GOAL:.0%} of native", f"{r:.0%}", r >= NATIVE_GOAL)
+    for n in mine:
+        row(f"{n} RSS after load ≤ {RSS_GOAL_MB} MB", f"{rss[n]:.1f} MB", rss[n] <= RSS_GOAL_MB)
+    return "\n".join(out)
+
+
 NOTES_MARKER = "<!-- notes: kept by just bench -->"
 
 
@@ -165,6 +204,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pulse", required=True)
     ap.add_argument("--health", required=True)
+    ap.add_argument("--health-p3", required=True)
     ap.add_argument("--native")
     ap.add_argument("--wasmtime")
     ap.add_argument("--express")
@@ -185,12 +225,26 @@ def main():
     cache = tempfile.mkdtemp(prefix="pulse-bench-cache-")
     pulse_cmd = [args.pulse, "serve", "--listen", "127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
                  "--handler", args.health]
-    servers = [Server("pulse", pulse_cmd + ["--cache-dir", cache], "pulse serve, compilation cache on")]
+    pulse_p3_cmd = [args.pulse, "serve", "--listen", "127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
+                    "--handler", args.health_p3, "--cache-dir", cache]
+    servers = [
+        Server("pulse", pulse_cmd + ["--cache-dir", cache],
+               "pulse serve, WASI 0.2, fresh instance per request", "wasmtime"),
+        Server("pulse-reuse", pulse_cmd + ["--cache-dir", cache, "--max-instance-reuse", "128"],
+               "pulse serve, WASI 0.2, --max-instance-reuse 128", "wasmtime-reuse"),
+        Server("pulse-p3", pulse_p3_cmd, "pulse serve, WASI 0.3 (defaults: reuse 128, 16 at once)", "wasmtime-p3"),
+    ]
     notes = []
     if not args.smoke:
         if args.wasmtime and os.access(args.wasmtime, os.X_OK):
-            servers.append(Server("wasmtime", [args.wasmtime, "serve", "-Scli", "--addr", "127.0.0.1:{port}",
-                                               args.health], "wasmtime serve 48.0.8 -Scli"))
+            wasmtime = [args.wasmtime, "serve", "-Scli", "--addr", "127.0.0.1:{port}"]
+            servers += [
+                Server("wasmtime", wasmtime + [args.health], "wasmtime serve 48.0.8 -Scli, WASI 0.2, fresh"),
+                Server("wasmtime-reuse", wasmtime + ["--max-instance-reuse-count", "128", args.health],
+                       "wasmtime serve, WASI 0.2, --max-instance-reuse-count 128"),
+                Server("wasmtime-p3", wasmtime + ["-Wcomponent-model-async", "-Sp3", args.health_p3],
+                       "wasmtime serve, WASI 0.3 (its defaults)"),
+            ]
         else:
             notes.append(f"wasmtime serve skipped: no binary at {args.wasmtime!r} (see just bench-wasmtime)")
         if args.native:
@@ -228,19 +282,19 @@ def main():
 
     med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99")} for name, runs in results.items()}
     errors = {name: sum(x["errors"] for x in runs) for name, runs in results.items()}
-    base_w = med.get("wasmtime", {}).get("rps")
     base_n = med.get("native", {}).get("rps")
     base_e = med.get("express", {}).get("rps")
     lines = [
-        "| server | requests/s | p50 ms | p99 ms | RSS after load MB | cold start ms | vs wasmtime serve | vs Express | vs native | errors |",
+        "| server | requests/s | p50 ms | p99 ms | RSS after load MB | cold start ms | vs wasmtime serve, same mode | vs Express | vs native | errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in servers:
         m = med[s.name]
+        same_mode = med.get(s.counterpart, {}).get("rps") if s.counterpart else None
         lines.append(f"| {s.note} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {rss[s.name]:.1f} | "
-                     f"{cold[s.name]:.1f} | {ratio(m['rps'], base_w)} | {ratio(m['rps'], base_e)} | {ratio(m['rps'], base_n)} | {errors[s.name]} |")
+                     f"{cold[s.name]:.1f} | {ratio(m['rps'], same_mode)} | {ratio(m['rps'], base_e)} | {ratio(m['rps'], base_n)} | {errors[s.name]} |")
     lines.append(f"| pulse serve, compiling at start (no cache) | | | | | {cold['pulse-uncached']:.1f} | | | | |")
-    table = "\n".join(lines)
+    table = "\n".join(lines) + "\n\n" + goals(med, rss)
     header = (f"Machine: {machine()}. Servers pinned to CPU {SERVER_CPU}, wrk (1 thread, {args.connections} "
               f"connections, {args.duration} s per round) to CPU {LOAD_CPU}; {args.rounds} rounds, servers "
               f"alternating; medians. Cold start: process start to the first 200, median of {args.cold_starts}.")
@@ -249,9 +303,10 @@ def main():
     if args.output:
         write_document(args.output, report, " ".join(sys.argv))
     if args.smoke:
-        assert results["pulse"] and med["pulse"]["rps"] > 0, "no requests were answered"
-        assert errors["pulse"] == 0, f"{errors['pulse']} requests failed"
-        print("bench smoke: ok (report produced, zero errors)")
+        for name in ("pulse", "pulse-reuse", "pulse-p3"):
+            assert results[name] and med[name]["rps"] > 0, f"{name}: no requests were answered"
+            assert errors[name] == 0, f"{name}: {errors[name]} requests failed"
+        print("bench smoke: ok (report produced for each pulse mode, zero errors)")
     return 0
 
 
