@@ -1,5 +1,6 @@
-//! pulse runs WebAssembly components (WASI 0.2) on Wasmtime: it serves HTTP
-//! through a `wasi:http` handler and fires an HTTP probe on a cron schedule.
+//! pulse runs WebAssembly components (WASI 0.2, and WASI 0.3 HTTP handlers)
+//! on Wasmtime: it serves HTTP through a `wasi:http` handler and fires an
+//! HTTP probe on a cron schedule.
 //!
 //! The modules, one concern each, private to the crate: the binary needs
 //! only [`Cli`], [`init_logging`] (which returns the [`Traces`] to shut
@@ -11,17 +12,20 @@
 //! - [`app`]: what each subcommand does, validating every input before a
 //!   port is bound.
 //! - [`clock`]: the wall clock schedules are planned by.
-//! - [`engine`]: the Wasmtime engine and linker, the per-store state, and
-//!   loading a component for a role with precise errors.
+//! - [`engine`]: the Wasmtime engines (one per WASI version) and linkers,
+//!   the per-store state, and loading a component for a role with precise
+//!   errors.
 //! - [`component_scan`]: a component's import and export names, read
 //!   without compiling, and the WASI version they name.
 //! - [`precompiled`]: components compiled ahead of time (`pulse compile`),
 //!   loaded only when this build made them for this CPU.
 //! - [`outbound`]: the outbound HTTP allow-list each component runs under.
 //! - [`guest_log`]: a component's stdout/stderr as tagged, bounded log lines.
-//! - [`serve`]: the handler's HTTP server; one fresh store per request, the
-//!   concurrency slots that bound live instances, and the answers for every
-//!   way a request can fail.
+//! - [`serve`]: the handler's HTTP server; the concurrency slots that bound
+//!   requests in the guest, and the answers for every way a request can
+//!   fail.
+//! - [`instances`]: which instance a request runs on: fresh or reused WASI
+//!   0.2 instances, WASI 0.3 workers, and when an instance is dropped.
 //! - [`accept`]: the accept loop both ports share: connection caps, accept
 //!   backoff, header and idle timeouts, shutdown.
 //! - [`pace`]: the minimum pace of a client sending or reading a body.
@@ -41,9 +45,11 @@
 //! - [`telemetry`]: OpenTelemetry traces of requests and probe runs.
 //!
 //! A request: [`serve::serve`] accepts a connection, hyper parses the
-//! request, [`serve::Handler::handle`] creates a store, instantiates the
-//! pre-linked handler and calls `wasi:http/incoming-handler.handle`; the
-//! response the guest sets goes back to the client.
+//! request, [`serve::Handler::handle`] takes an instance (a fresh store and
+//! the pre-linked handler instantiated, or a reused one) and calls
+//! `wasi:http/incoming-handler.handle` (WASI 0.2) or hands the request to a
+//! worker calling `wasi:http/handler.handle` (WASI 0.3); the response goes
+//! back to the client.
 //!
 //! A probe: [`scheduler::run`] sleeps until [`schedule::Schedule`] says,
 //! [`probe::Prober::run`] instantiates the probe component on a fresh store
