@@ -451,6 +451,11 @@ impl Runtime {
         Ok(precompiled)
     }
 
+    /// The budget every instance's memory is reserved from.
+    pub fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
     /// Which engine made the precompiled `bytes`: the WASI 0.2 one, else
     /// the WASI 0.3 one; the refusal is the WASI 0.2 engine's if neither.
     fn precompiled_for(&self, bytes: &[u8]) -> Result<Wasi, precompiled::Refused> {

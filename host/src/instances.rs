@@ -38,6 +38,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use wasmtime_wasi_http::{WasiHttpCtxView, WasiHttpView};
 
 use crate::engine::{HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
+use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::outbound::AllowList;
 
@@ -183,6 +184,7 @@ impl Generation {
                 max_requests: reuse.max_requests(Wasi::P2),
                 max_idle,
                 idle_timeout: reuse.idle_timeout,
+                budget: runtime.memory_budget().clone(),
             }),
             Loaded::P3(pre) => Serving::P3(ProxyHandler::new(P3State {
                 runtime: runtime.clone(),
@@ -223,6 +225,14 @@ pub struct P2Pool {
     max_requests: u32,
     max_idle: usize,
     idle_timeout: Duration,
+    budget: Arc<MemoryBudget>,
+}
+
+/// Whether the memory budget is too full to keep instances idle: past half
+/// of it, an idle instance's memory is better given back to the requests
+/// that need it (a request refused memory gets a 500).
+fn memory_is_short(budget: &MemoryBudget) -> bool {
+    budget.used() > budget.limit() / 2
 }
 
 impl P2Pool {
@@ -254,7 +264,7 @@ impl P2Pool {
     /// Takes `instance` back after a request it answered cleanly: kept for
     /// the next one unless it has served its count or the list is full.
     pub fn give_back(&self, mut instance: P2Instance) {
-        if instance.served >= self.max_requests {
+        if instance.served >= self.max_requests || memory_is_short(&self.budget) {
             return;
         }
         instance.idle_since = Instant::now();
@@ -368,6 +378,7 @@ impl HandlerState for P3State {
             state: P3Worker {
                 max_requests: self.max_requests,
                 max_concurrent: self.max_concurrent,
+                budget: self.runtime.memory_budget().clone(),
             },
         })
     }
@@ -377,6 +388,7 @@ impl HandlerState for P3State {
 pub struct P3Worker {
     max_requests: usize,
     max_concurrent: usize,
+    budget: Arc<MemoryBudget>,
 }
 
 impl WorkerState for P3Worker {
@@ -384,7 +396,9 @@ impl WorkerState for P3Worker {
     type RequestData = RequestContext;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
-        if total >= self.max_requests {
+        // An idle worker goes when memory is short, as an idle WASI 0.2
+        // instance is not kept then.
+        if total >= self.max_requests || (concurrent == 0 && memory_is_short(&self.budget)) {
             ShouldAccept::Never
         } else if concurrent >= self.max_concurrent {
             ShouldAccept::No

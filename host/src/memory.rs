@@ -54,7 +54,6 @@ impl MemoryBudget {
     }
 
     /// Bytes reserved now.
-    #[cfg(test)]
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
     }

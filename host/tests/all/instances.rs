@@ -291,3 +291,54 @@ async fn idle_instances_are_dropped_after_the_idle_timeout() {
         assert_eq!(count(addr).await, 1, "a fresh instance after idling");
     }
 }
+
+#[tokio::test]
+async fn a_wasi_0_3_handler_has_the_same_limits() {
+    let (_pulse, addr) = serve_with(
+        &component("faulty-p3"),
+        &["--max-concurrency", "1", "--max-request-body", "1Ki"],
+    )
+    .await;
+    let request = hyper::Request::post("/")
+        .header("host", addr.to_string())
+        .body(http_body_util::Full::new(Bytes::from(vec![b'a'; 4096])))
+        .unwrap();
+    let (status, headers, body) = common::send(addr, request).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(headers.contains_key("x-request-id"));
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        json["error"].as_str().unwrap().contains("1024 bytes"),
+        "{json}"
+    );
+
+    // The one slot is held until the slow answer is done.
+    let slow = tokio::spawn(timed(addr, "/sleep?ms=800"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, headers, _) = http(addr, Method::GET, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    let (status, body, _) = slow.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"slept 800 ms\n");
+    let (status, _, _) = http(addr, Method::GET, "/").await;
+    assert_eq!(status, StatusCode::OK, "the slot is free again");
+}
+
+#[tokio::test]
+async fn idle_instances_are_not_kept_when_memory_is_short() {
+    // One faulty instance reserves more than a MiB of linear memory: with a
+    // 2 MiB budget, keeping it idle would leave the next request too little.
+    let (_short, short) = serve_with(
+        &component("faulty"),
+        &["--max-instance-reuse", "10", "--memory-budget", "2Mi"],
+    )
+    .await;
+    assert_eq!(counts(short, 3).await, [1, 1, 1]);
+    let (_ample, ample) = serve_with(
+        &component("faulty"),
+        &["--max-instance-reuse", "10", "--memory-budget", "64Mi"],
+    )
+    .await;
+    assert_eq!(counts(ample, 3).await, [1, 2, 3]);
+}
