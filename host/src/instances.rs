@@ -458,3 +458,79 @@ impl WorkerExpiration for P3Expiry {
         this.timer.as_mut().poll(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    fn worker(max_requests: usize, max_concurrent: usize, budget: u64) -> P3Worker {
+        P3Worker {
+            max_requests,
+            max_concurrent,
+            budget: Arc::new(MemoryBudget::new(
+                budget,
+                Gauge::default(),
+                Counter::default(),
+            )),
+        }
+    }
+
+    #[test]
+    fn a_worker_takes_requests_up_to_its_counts() {
+        let w = worker(3, 2, 1 << 20);
+        assert!(matches!(w.should_accept_request(0, 0), ShouldAccept::Yes));
+        assert!(matches!(w.should_accept_request(1, 1), ShouldAccept::Yes));
+        assert!(matches!(w.should_accept_request(2, 2), ShouldAccept::No));
+        assert!(matches!(w.should_accept_request(0, 3), ShouldAccept::Never));
+    }
+
+    #[test]
+    fn an_idle_worker_goes_when_memory_is_short() {
+        let w = worker(100, 16, 1000);
+        assert!(w.budget.try_reserve(600));
+        assert!(matches!(w.should_accept_request(0, 1), ShouldAccept::Never));
+        // A busy one keeps its requests coming: it is not idle.
+        assert!(matches!(w.should_accept_request(1, 1), ShouldAccept::Yes));
+    }
+
+    #[test]
+    fn reuse_defaults_differ_by_wasi_version() {
+        let reuse = Reuse {
+            max_requests: None,
+            max_concurrent: 16,
+            idle_timeout: Duration::from_secs(10),
+        };
+        assert_eq!(reuse.max_requests(Wasi::P2), 1);
+        assert_eq!(reuse.max_requests(Wasi::P3), 128);
+        let set = Reuse {
+            max_requests: Some(5),
+            ..reuse
+        };
+        assert_eq!(set.max_requests(Wasi::P2), 5);
+        assert_eq!(set.max_requests(Wasi::P3), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_follows_the_workers_status() {
+        let mut expiry = P3Expiry {
+            idle_timeout: Duration::from_secs(10),
+            busy_timeout: Duration::from_secs(2),
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed_for: None,
+        };
+        let start = Instant::now();
+        let poll = |expiry: &mut P3Expiry, status| {
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            Pin::new(expiry).poll(&mut cx, status, start).is_ready()
+        };
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(!poll(&mut expiry, WorkerStatus::Idle), "idle for 3 s of 10");
+        assert!(
+            poll(&mut expiry, WorkerStatus::Requests),
+            "busy for 3 s of 2"
+        );
+    }
+}

@@ -59,7 +59,7 @@ impl MemoryBudget {
     }
 
     /// Reserves `bytes` if they fit.
-    fn try_reserve(&self, bytes: u64) -> bool {
+    pub(crate) fn try_reserve(&self, bytes: u64) -> bool {
         let reserved = self
             .used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
