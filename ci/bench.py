@@ -242,7 +242,7 @@ def main():
                 Server("wasmtime", wasmtime + [args.health], "wasmtime serve 48.0.8 -Scli, WASI 0.2, fresh"),
                 Server("wasmtime-reuse", wasmtime + ["--max-instance-reuse-count", "128", args.health],
                        "wasmtime serve, WASI 0.2, --max-instance-reuse-count 128"),
-                Server("wasmtime-p3", wasmtime + ["-Wcomponent-model-async", "-Sp3", args.health_p3],
+                Server("wasmtime-p3", wasmtime + [args.health_p3],
                        "wasmtime serve, WASI 0.3 (its defaults)"),
             ]
         else:
