@@ -50,9 +50,12 @@ pub struct GuestLimits {
     /// Most bytes of linear memory one instance may grow to; past it,
     /// `memory.grow` fails inside the guest.
     pub max_memory: usize,
-    /// Most component instances alive at once (requests in flight plus
-    /// probe runs); the size of the instance pool.
+    /// Most WASI 0.2 component instances alive at once (requests in
+    /// flight, idle ones kept for reuse, probe runs); the size of the WASI
+    /// 0.2 engine's instance pool.
     pub max_instances: u32,
+    /// The same for the WASI 0.3 engine.
+    pub max_instances_p3: u32,
 }
 
 impl Default for GuestLimits {
@@ -60,6 +63,7 @@ impl Default for GuestLimits {
         Self {
             max_memory: DEFAULT_MAX_MEMORY,
             max_instances: 256 + PROBE_INSTANCES,
+            max_instances_p3: 2 * 256,
         }
     }
 }
@@ -77,8 +81,8 @@ const KEEP_RESIDENT: usize = 1 << 20;
 /// faults; with `PAGEMAP_SCAN` only the pages an instance dirtied are reset.
 /// Measured on one core with wrk (16 connections): on-demand allocation
 /// ~6,400 requests/s; pooling ~9,700; pooling with pagemap scan ~15,000.
-fn pooling(limits: &GuestLimits) -> PoolingAllocationConfig {
-    let instances = limits.max_instances.max(1);
+fn pooling(limits: &GuestLimits, instances: u32) -> PoolingAllocationConfig {
+    let instances = instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(instances)
         // A component is a few core instances (the program, its adapters),
@@ -368,7 +372,13 @@ impl Runtime {
         let config = |wasi: Wasi| {
             let mut config = Config::new();
             config.epoch_interruption(true);
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&limits)));
+            let instances = match wasi {
+                Wasi::P2 => limits.max_instances,
+                Wasi::P3 => limits.max_instances_p3,
+            };
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(
+                &limits, instances,
+            )));
             match wasi {
                 Wasi::P2 => config.concurrency_support(false),
                 Wasi::P3 => config.wasm_component_model_async(true),
@@ -391,6 +401,7 @@ impl Runtime {
         start_epoch_ticker(&[&p2.engine, &p3.engine])?;
         tracing::info!(
             instance_pool = limits.max_instances,
+            instance_pool_wasi_0_3 = limits.max_instances_p3,
             max_memory = limits.max_memory,
             memory_budget = budget.limit(),
             compilation_cache = cache_dir.map(|d| d.display().to_string()),

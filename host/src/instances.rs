@@ -23,6 +23,7 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -185,6 +186,7 @@ impl Generation {
                 max_idle,
                 idle_timeout: reuse.idle_timeout,
                 budget: runtime.memory_budget().clone(),
+                retired: AtomicBool::new(false),
             }),
             Loaded::P3(pre) => Serving::P3(ProxyHandler::new(P3State {
                 runtime: runtime.clone(),
@@ -226,6 +228,8 @@ pub struct P2Pool {
     max_idle: usize,
     idle_timeout: Duration,
     budget: Arc<MemoryBudget>,
+    /// Its component was replaced: no instance is kept any more.
+    retired: AtomicBool,
 }
 
 /// Whether the memory budget is too full to keep instances idle: past half
@@ -264,7 +268,10 @@ impl P2Pool {
     /// Takes `instance` back after a request it answered cleanly: kept for
     /// the next one unless it has served its count or the list is full.
     pub fn give_back(&self, mut instance: P2Instance) {
-        if instance.served >= self.max_requests || memory_is_short(&self.budget) {
+        if instance.served >= self.max_requests
+            || memory_is_short(&self.budget)
+            || self.retired.load(Ordering::Relaxed)
+        {
             return;
         }
         instance.idle_since = Instant::now();
@@ -304,6 +311,7 @@ impl P2Pool {
 
     /// Drops every idle instance: the component was replaced.
     pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
         let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
         drop(all);
     }

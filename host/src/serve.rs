@@ -59,7 +59,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::WasiHttpView;
 
 use crate::accept::{self, PortLimits};
-use crate::engine::{is_deadline, LoadError, Runtime, Wasi};
+use crate::engine::{is_deadline, LoadError, Role, Runtime, Wasi};
 pub use crate::instances::Reuse;
 use crate::instances::{
     Generation, Loaded, P2Pool, P3State, RequestContext, Serving, StoreTemplate,
@@ -125,7 +125,7 @@ impl Handler {
         let component = Arc::new(Swappable::load(
             runtime.clone(),
             path,
-            crate::engine::Role::Handler,
+            Role::Handler,
             crate::instances::prepare,
         )?);
         let name = path
@@ -144,14 +144,10 @@ impl Handler {
             outbound: options.outbound.clone(),
             env: options.env.clone(),
         };
-        let wasi = component.current().wasi();
-        tracing::info!(
-            component = %name,
-            wasi = wasi.version(),
-            max_instance_reuse = options.reuse.max_requests(wasi),
-            max_instance_concurrency = if wasi == Wasi::P3 { options.reuse.max_concurrent } else { 1 },
-            instance_idle_timeout_ms = options.reuse.idle_timeout.as_millis() as u64,
-            "handler instances"
+        log_instances(
+            &template.component,
+            &options.reuse,
+            component.current().wasi(),
         );
         let generation = Generation::new(
             component.loaded(),
@@ -196,6 +192,9 @@ impl Handler {
         ));
         let previous = self.generation.compare_and_swap(&current, fresh.clone());
         if Arc::ptr_eq(&previous, &current) {
+            if current.source.0.wasi() != fresh.source.0.wasi() {
+                log_instances(&self.name, &self.options.reuse, fresh.source.0.wasi());
+            }
             if let Serving::P2(pool) = &current.serving {
                 pool.retire();
             }
@@ -524,6 +523,23 @@ impl Handler {
             Err(_elapsed) => Err(GuestFailure::Timeout),
         }
     }
+}
+
+/// Says how the handler's instances are made and reused, at start and when
+/// a reload switches the handler's WASI version.
+fn log_instances(component: &str, reuse: &Reuse, wasi: Wasi) {
+    let concurrent = match wasi {
+        Wasi::P2 => 1,
+        Wasi::P3 => reuse.max_concurrent,
+    };
+    tracing::info!(
+        component,
+        wasi = wasi.version(),
+        max_instance_reuse = reuse.max_requests(wasi),
+        max_instance_concurrency = concurrent,
+        instance_idle_timeout_ms = reuse.idle_timeout.as_millis() as u64,
+        "handler instances"
+    );
 }
 
 /// The handler's concurrency slots. A slot is held by the task that owns

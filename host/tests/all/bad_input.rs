@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{closed_port, component, run_pulse, Finished};
+use common::{component, free_port, run_pulse, Finished};
 use std::path::PathBuf;
 
 fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
@@ -53,7 +53,7 @@ fn assert_refused_before(finished: &Finished, needles: &[&str], bound: &str) {
 }
 
 async fn serve_with(handler: &str) -> Finished {
-    let port = closed_port().await;
+    let port = free_port().await;
     run_pulse(&["serve", "--listen", &port.to_string(), "--handler", handler]).await
 }
 
@@ -219,7 +219,7 @@ async fn invalid_target_urls() {
 #[tokio::test]
 async fn run_checks_everything_before_binding() {
     let health = component("health");
-    let port = closed_port().await;
+    let port = free_port().await;
     let finished = run_pulse(&[
         "run",
         "--listen",

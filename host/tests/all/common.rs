@@ -435,10 +435,22 @@ impl Target {
     }
 }
 
-/// A loopback port nothing listens on (bound, then released).
-pub async fn closed_port() -> SocketAddr {
+/// A loopback port free a moment ago, for a server the test starts to bind.
+pub async fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
+}
+
+/// A loopback port nothing listens on, kept from other servers.
+pub async fn closed_port() -> SocketAddr {
+    // Bound but never listening: connections are refused, and no other
+    // test's server can be given the port while this test binary runs (a
+    // port merely closed again could be, and would then answer).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// Samples of an OpenMetrics text, read by the `prometheus_client` Python

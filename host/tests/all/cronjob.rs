@@ -461,9 +461,10 @@ async fn the_instance_pool_follows_the_concurrency_the_config_file_sets() {
     let ready = pulse
         .wait_for_stderr(|l| l["message"] == "WebAssembly engine ready")
         .await;
-    // Requests in flight, as many idle instances kept for reuse, and the
-    // probes.
-    assert_eq!(ready["instance_pool"], 2 * 300 + 32, "{ready}");
+    // Requests in flight and the probes (no idle WASI 0.2 instances: reuse
+    // is off); for WASI 0.3, requests in flight and as many idle.
+    assert_eq!(ready["instance_pool"], 300 + 32, "{ready}");
+    assert_eq!(ready["instance_pool_wasi_0_3"], 2 * 300, "{ready}");
     let addr = pulse.listening_addr().await;
     assert_eq!(
         http(addr, Method::GET, "/healthcheck").await.0,

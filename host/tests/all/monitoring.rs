@@ -11,7 +11,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use crate::common::{closed_port, component, http, scratch_dir, Pulse, PATIENCE};
+use crate::common::{closed_port, component, free_port, http, scratch_dir, Pulse, PATIENCE};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -70,8 +70,7 @@ impl Prometheus {
         );
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
-        // A port free a moment ago, for Prometheus to bind.
-        let addr = closed_port().await;
+        let addr = free_port().await;
         let child = tokio::process::Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
