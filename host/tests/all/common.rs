@@ -41,6 +41,28 @@ pub async fn serve_with(handler: &Path, extra: &[&str]) -> (Pulse, SocketAddr) {
     (pulse, addr)
 }
 
+/// Starts `pulse run` on `127.0.0.1:0` with `handler` and `probe`, the
+/// probe firing at start against this server; returns it once it listens,
+/// with its address, and the first probe line.
+pub async fn run_probing_itself(handler: &Path, probe: &Path) -> (Pulse, SocketAddr, Value) {
+    let mut pulse = Pulse::spawn(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        handler.to_str().unwrap(),
+        "--probe",
+        probe.to_str().unwrap(),
+        "--run-at-start",
+    ]);
+    let addr = pulse.listening_addr().await;
+    let line = pulse
+        .probe_lines(1, Duration::from_secs(20))
+        .await
+        .remove(0);
+    (pulse, addr, line)
+}
+
 /// A built component, `health` or `probe`, from `target/components` (or
 /// `$PULSE_TEST_COMPONENTS`).
 pub fn component(name: &str) -> PathBuf {

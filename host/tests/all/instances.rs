@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{component, http, serve_with, Pulse};
+use common::{component, http, serve_with};
 use http_body_util::BodyExt;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
@@ -115,22 +115,10 @@ async fn a_wasi_0_3_body_streams_and_is_cut_at_the_request_timeout() {
 
 #[tokio::test]
 async fn pulse_run_probes_a_wasi_0_3_handler() {
-    let health = component("health-p3");
-    let probe = component("probe");
-    let mut pulse = Pulse::spawn(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        health.to_str().unwrap(),
-        "--probe",
-        probe.to_str().unwrap(),
-        "--run-at-start",
-    ]);
-    let addr = pulse.listening_addr().await;
-    let lines = pulse.probe_lines(1, Duration::from_secs(20)).await;
-    assert_eq!(lines[0]["status"], 200, "{}", lines[0]);
-    assert_eq!(lines[0]["target"], format!("http://{addr}/healthcheck"));
+    let (mut pulse, addr, line) =
+        common::run_probing_itself(&component("health-p3"), &component("probe")).await;
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["target"], format!("http://{addr}/healthcheck"));
     let exit = pulse.terminate().await;
     assert!(exit.success(), "{exit}");
 }

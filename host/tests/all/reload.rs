@@ -99,16 +99,43 @@ fn load(
     (ok, failed, tasks)
 }
 
+/// Swaps the handler `swaps` times under four busy keep-alive connections:
+/// `swap(n)` replaces the file and returns what the new body contains. Each
+/// swap must be served within `within`, and no request may fail; returns
+/// how many were answered.
+async fn swap_under_load(
+    addr: std::net::SocketAddr,
+    swaps: usize,
+    within: Duration,
+    swap: impl Fn(usize) -> &'static str,
+) -> usize {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, tasks) = load(addr, 4, stop.clone());
+    for n in 0..swaps {
+        let expected = swap(n);
+        let took = wait_for_body(addr, expected).await;
+        assert!(took < within, "swap {n} took {took:?} to be served");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    assert_eq!(
+        failed, 0,
+        "no request may fail during reloads ({ok} answered)"
+    );
+    ok
+}
+
 #[tokio::test]
 async fn ten_swaps_under_load_lose_no_request() {
     let dir = scratch_dir("load");
     let handler = dir.join("handler.wasm");
     std::fs::copy(component("health"), &handler).unwrap();
     let (mut pulse, addr) = serve(&handler, &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, tasks) = load(addr, 4, stop.clone());
     let started = Instant::now();
-    for swap in 0..10 {
+    let ok = swap_under_load(addr, 10, Duration::from_secs(1), |swap| {
         let (source, expected) = if swap % 2 == 0 {
             (component("faulty"), FAULTY_BODY)
         } else {
@@ -120,21 +147,9 @@ async fn ten_swaps_under_load_lose_no_request() {
         } else {
             rename_over(&source, &handler);
         }
-        let took = wait_for_body(addr, expected).await;
-        assert!(
-            took < Duration::from_secs(1),
-            "swap {swap} took {took:?} to be served"
-        );
-    }
-    stop.store(true, Ordering::SeqCst);
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-    assert_eq!(
-        failed, 0,
-        "no request may fail during reloads ({ok} answered)"
-    );
+        expected
+    })
+    .await;
     let rate = ok as f64 / started.elapsed().as_secs_f64();
     assert!(
         rate > 100.0,
@@ -399,30 +414,20 @@ async fn swaps_between_wasi_0_2_and_0_3_under_load_lose_no_request() {
     let dir = scratch_dir("p2-p3");
     let handler = dir.join("handler.wasm");
     std::fs::copy(component("health"), &handler).unwrap();
-    let (_pulse, addr) = serve(&handler, &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed, tasks) = load(addr, 4, stop.clone());
-    for swap in 0..6 {
-        let (source, expected) = if swap % 2 == 0 {
-            (component("health-p3"), "\"component\":\"health-p3\"")
+    let (mut pulse, addr) = serve(&handler, &[]).await;
+    let ok = swap_under_load(addr, 6, Duration::from_secs(2), |swap| {
+        if swap % 2 == 0 {
+            rename_over(&component("health-p3"), &handler);
+            "\"component\":\"health-p3\""
         } else {
-            (component("health"), HEALTH_BODY)
-        };
-        rename_over(&source, &handler);
-        let took = wait_for_body(addr, expected).await;
-        assert!(
-            took < Duration::from_secs(2),
-            "swap {swap} took {took:?} to be served"
-        );
-    }
-    stop.store(true, Ordering::SeqCst);
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
-    assert_eq!(
-        failed, 0,
-        "no request may fail while the handler switches WASI versions ({ok} answered)"
-    );
+            rename_over(&component("health"), &handler);
+            HEALTH_BODY
+        }
+    })
+    .await;
     assert!(ok > 100, "the load was continuous: {ok} answered");
+    let switched = pulse
+        .wait_for_stderr(|l| l["message"] == "handler instances" && l["wasi"] == "0.3")
+        .await;
+    assert_eq!(switched["max_instance_reuse"], 128, "{switched}");
 }

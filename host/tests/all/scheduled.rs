@@ -91,24 +91,12 @@ async fn scheduler_retries_and_keeps_firing_when_the_target_is_down() {
 
 #[tokio::test]
 async fn run_serves_and_probes_itself_at_start() {
-    let health = component("health");
-    let probe = component("probe");
-    let mut pulse = Pulse::spawn(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        health.to_str().unwrap(),
-        "--probe",
-        probe.to_str().unwrap(),
-        "--run-at-start",
-    ]);
-    let addr = pulse.listening_addr().await;
-    let lines = pulse.probe_lines(1, Duration::from_secs(20)).await;
-    assert_eq!(lines[0]["status"], 200, "{}", lines[0]);
-    assert_eq!(lines[0]["target"], format!("http://{addr}/healthcheck"));
+    let (mut pulse, addr, line) =
+        common::run_probing_itself(&component("health"), &component("probe")).await;
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["target"], format!("http://{addr}/healthcheck"));
     assert!(
-        lines[0].get("scheduled_for").is_none(),
+        line.get("scheduled_for").is_none(),
         "the start-up probe is not a scheduled one"
     );
     let (status, _, _) = http(addr, Method::GET, "/healthcheck").await;
