@@ -7,7 +7,8 @@
 //! - `/never` never returns a response (it waits on a clock for a day);
 //! - `/sleep?ms=N` waits N milliseconds (without blocking the instance's
 //!   other requests), then answers 200;
-//! - `/stream` answers 200 and streams a body that never ends;
+//! - `/stream` answers 200 and streams a body that never ends, as fast as
+//!   it is read;
 //! - `/count` answers with how many requests this instance has been given,
 //!   this one included: 1 on a fresh instance, more on a reused one;
 //! - anything else answers 200 `{"status":"ok"}`.
@@ -89,16 +90,19 @@ fn respond(status: u16, body: Vec<u8>) -> Result<Response, ErrorCode> {
     Ok(response)
 }
 
-/// 200 with a body that never ends: a line every 10 ms.
+/// 200 with a body that never ends, written as fast as it is taken (as
+/// `faulty`'s `/stream`), in chunks of `more` lines.
 fn stream_forever() -> Result<Response, ErrorCode> {
     let (response, mut contents) = response(200, &[])?;
+    let chunk = b"more\n".repeat(800);
     wit_bindgen::spawn_local(async move {
+        // Ends when the client goes away (the write is refused) or the host
+        // stops the instance.
         loop {
-            let rest = contents.write_all(b"more\n".to_vec()).await;
+            let rest = contents.write_all(chunk.clone()).await;
             if !rest.is_empty() {
                 return;
             }
-            monotonic_clock::wait_for(10_000_000).await;
         }
     });
     Ok(response)

@@ -87,7 +87,20 @@ fn bytes_read(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn slow_readers_hold_their_slot_and_never_exhaust_the_instance_pool() {
-    let (mut pulse, addr) = serve_faulty(&["--max-concurrency", "2", "--body-grace", "2s"]).await;
+    slow_readers_hold_their_slot("faulty").await;
+}
+
+#[tokio::test]
+async fn slow_readers_of_a_wasi_0_3_handler_hold_their_slot_too() {
+    slow_readers_hold_their_slot("faulty-p3").await;
+}
+
+async fn slow_readers_hold_their_slot(fixture: &str) {
+    let (mut pulse, addr) = common::serve_with(
+        &component(fixture),
+        &["--max-concurrency", "2", "--body-grace", "2s"],
+    )
+    .await;
     // 40 clients ask for an endless body and read nothing past the head:
     // more than the instance pool's 2 + 32 slots.
     let mut open = Vec::new();
