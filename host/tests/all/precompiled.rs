@@ -73,21 +73,29 @@ async fn while_a_large_component_compiles_livez_answers_and_readyz_waits() {
 
 #[tokio::test]
 async fn a_precompiled_component_is_loaded_beside_its_wasm_and_answers() {
-    let dir = scratch("load");
-    let handler = copy(&component("health"), &dir.join("health.wasm"));
+    precompiled_and_served("health").await;
+}
+
+#[tokio::test]
+async fn a_precompiled_wasi_0_3_component_is_loaded_by_its_own_engine() {
+    precompiled_and_served("health-p3").await;
+}
+
+/// `pulse compile`s the component `name`, serves the `.wasm` beside it and
+/// checks that the precompiled file was the one loaded, and answers.
+async fn precompiled_and_served(name: &str) {
+    let dir = scratch(&format!("load-{name}"));
+    let handler = copy(&component(name), &dir.join(format!("{name}.wasm")));
     let compiled = run_pulse(&["compile", handler.to_str().unwrap()]).await;
     assert!(compiled.status.success(), "{}", compiled.stderr);
-    assert!(
-        compiled.stdout.contains("health.cwasm"),
-        "{}",
-        compiled.stdout
-    );
+    let cwasm = format!("{name}.cwasm");
+    assert!(compiled.stdout.contains(&cwasm), "{}", compiled.stdout);
     let (mut pulse, addr) = common::serve_with(&handler, &[]).await;
     let loaded = pulse
         .wait_for_stderr(|l| l["message"] == "component loaded")
         .await;
     assert_eq!(loaded["precompiled"], true, "{loaded}");
-    assert!(loaded["path"].as_str().unwrap().ends_with("health.cwasm"));
+    assert!(loaded["path"].as_str().unwrap().ends_with(&cwasm));
     let (status, _, body) = http(addr, Method::GET, "/healthcheck").await;
     assert_eq!(status, StatusCode::OK);
     assert!(String::from_utf8_lossy(&body).contains("\"status\":\"ok\""));
