@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
 use crate::reload::{self, Reloadable};
 use crate::schedule::{rfc3339, Expression, Schedule};
-use crate::serve::Handler;
+use crate::serve::{Handler, ServeOptions};
 use crate::shutdown::Shutdown;
 use crate::state::{ProbeState, StateDir};
 use crate::{clock, scheduler, serve};
@@ -41,11 +41,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Next(args) => next_command(args),
         Command::Check(args) => {
-            let start = Start::new(&cli, file, source, 0, false)?;
+            let start = Start::new(&cli, file, source, None)?;
             check_command(&start.runtime, args)
         }
         Command::Compile(args) => {
-            let start = Start::new(&cli, file, source, 0, false)?;
+            let start = Start::new(&cli, file, source, None)?;
             compile_command(&start.runtime, args)
         }
         Command::Serve(args) => serve_command(&cli, args, file, source).await,
@@ -63,13 +63,7 @@ async fn serve_command(
     source: String,
 ) -> anyhow::Result<ExitCode> {
     let settings = config::handler(args, cli.component_env.as_deref(), &file, &source)?;
-    let start = Start::new(
-        cli,
-        file,
-        source,
-        settings.options.max_concurrency,
-        settings.options.reuse.max_requests(Wasi::P2) > 1,
-    )?;
+    let start = Start::new(cli, file, source, Some(&settings.options))?;
     start.precheck(
         &[(&settings.component, &settings.component_source)],
         Role::Handler,
@@ -98,7 +92,7 @@ async fn schedule_command(
     let flags = ProbeFlags::new(cli, &args.probe, &args.when);
     let settings = config::probes(flags, &file, &source)?;
     let state_dir = open_state_dir(&args.when, &file)?;
-    let start = Start::new(cli, file, source, 0, false)?;
+    let start = Start::new(cli, file, source, None)?;
     start.precheck_probes(&settings)?;
     let shutdown = Shutdown::on_signals();
     let readiness = Readiness::new(shutdown.clone());
@@ -123,7 +117,7 @@ async fn probe_command(
     let when = WhenArgs::default();
     let flags = ProbeFlags::new(cli, args, &when);
     let settings = config::probes(flags, &file, &source)?;
-    let start = Start::new(cli, file, source, 0, false)?;
+    let start = Start::new(cli, file, source, None)?;
     let components = start.load_probe_components(&settings).await?;
     let probers = start.aim(settings, components, None)?;
     let mut healthy = true;
@@ -152,13 +146,7 @@ async fn run_command(
     let flags = ProbeFlags::new(cli, &args.probe, &args.when);
     let probe_settings = config::probes(flags, &file, &source)?;
     let state_dir = open_state_dir(&args.when, &file)?;
-    let start = Start::new(
-        cli,
-        file,
-        source,
-        handler_settings.options.max_concurrency,
-        handler_settings.options.reuse.max_requests(Wasi::P2) > 1,
-    )?;
+    let start = Start::new(cli, file, source, Some(&handler_settings.options))?;
     start.precheck(
         &[(
             &handler_settings.component,
@@ -205,14 +193,13 @@ struct Start {
 }
 
 impl Start {
-    /// The engines, sized for `handler_slots` concurrent requests (and as
-    /// many idle WASI 0.2 instances if `reuse_p2`), and the metrics.
+    /// The engines, sized for the `handler`'s concurrent requests (and as
+    /// many idle WASI 0.2 instances if it reuses them), and the metrics.
     fn new(
         cli: &Cli,
         file: ConfigFile,
         source: String,
-        handler_slots: usize,
-        reuse_p2: bool,
+        handler: Option<&ServeOptions>,
     ) -> anyhow::Result<Self> {
         let global = config::global(cli, &file);
         // Requests in flight, as many idle instances when they may be kept
@@ -220,7 +207,8 @@ impl Start {
         // larger than it must be: measured with wrk on one core, a fresh
         // instance per request served ~6,650 requests/s from a pool of 544
         // and ~7,000 from one of 288.
-        let slots = u32::try_from(handler_slots).unwrap_or(u32::MAX);
+        let slots = handler.map_or(0, |h| u32::try_from(h.max_concurrency).unwrap_or(u32::MAX));
+        let reuse_p2 = handler.is_some_and(|h| h.reuse.max_requests(Wasi::P2) > 1);
         let idle_p2 = if reuse_p2 { slots } else { 0 };
         let limits = GuestLimits {
             max_memory: usize::try_from(global.max_memory).unwrap_or(usize::MAX),

@@ -152,6 +152,17 @@ impl StoreTemplate {
     }
 }
 
+/// What every generation of one handler's instances is made with.
+pub struct InstanceSettings {
+    pub runtime: Arc<Runtime>,
+    pub template: StoreTemplate,
+    pub reuse: Reuse,
+    /// Most idle WASI 0.2 instances kept (the handler's concurrency).
+    pub max_idle: usize,
+    pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
 /// The instances of one loaded handler component.
 pub struct Generation {
     /// The loaded component (with its digest) these instances come from;
@@ -162,32 +173,32 @@ pub struct Generation {
 
 /// How a generation's requests get their instances.
 pub enum Serving {
-    P2(P2Pool),
+    P2(Arc<P2Pool>),
     P3(ProxyHandler<P3State>),
 }
 
 impl Generation {
     /// The instances of `source`, none made yet.
-    pub fn new(
-        source: Arc<(Loaded, String)>,
-        runtime: &Arc<Runtime>,
-        template: &StoreTemplate,
-        reuse: Reuse,
-        max_idle: usize,
-        request_timeout: Duration,
-        metrics: &Arc<Metrics>,
-    ) -> Self {
+    pub fn new(source: Arc<(Loaded, String)>, settings: &InstanceSettings) -> Self {
+        let InstanceSettings {
+            runtime,
+            template,
+            reuse,
+            max_idle,
+            request_timeout,
+            metrics,
+        } = settings;
         let serving = match &source.0 {
-            Loaded::P2 { pre, engine } => Serving::P2(P2Pool {
+            Loaded::P2 { pre, engine } => Serving::P2(Arc::new(P2Pool {
                 pre: pre.clone(),
                 engine: *engine,
                 idle: Mutex::new(Vec::new()),
                 max_requests: reuse.max_requests(Wasi::P2),
-                max_idle,
+                max_idle: *max_idle,
                 idle_timeout: reuse.idle_timeout,
                 budget: runtime.memory_budget().clone(),
                 retired: AtomicBool::new(false),
-            }),
+            })),
             Loaded::P3(pre) => Serving::P3(ProxyHandler::new(P3State {
                 runtime: runtime.clone(),
                 pre: pre.clone(),
@@ -195,7 +206,7 @@ impl Generation {
                 max_requests: reuse.max_requests(Wasi::P3) as usize,
                 max_concurrent: reuse.max_concurrent as usize,
                 idle_timeout: reuse.idle_timeout,
-                request_timeout,
+                request_timeout: *request_timeout,
                 metrics: metrics.clone(),
             })),
         };

@@ -62,7 +62,7 @@ use crate::accept::{self, PortLimits};
 use crate::engine::{is_deadline, LoadError, Role, Runtime, Wasi};
 pub use crate::instances::Reuse;
 use crate::instances::{
-    Generation, Loaded, P2Pool, P3State, RequestContext, Serving, StoreTemplate,
+    Generation, InstanceSettings, Loaded, P2Pool, P3State, RequestContext, Serving, StoreTemplate,
 };
 use crate::memory::Refusal;
 use crate::metrics::Metrics;
@@ -104,7 +104,7 @@ pub struct Handler {
     component: Arc<Swappable<Loaded>>,
     /// The instances of the component in use (see [`Handler::generation`]).
     generation: ArcSwap<Generation>,
-    template: StoreTemplate,
+    instances: InstanceSettings,
     slots: Slots,
     options: ServeOptions,
     metrics: Arc<Metrics>,
@@ -139,30 +139,25 @@ impl Handler {
             .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
             .unwrap_or(0)
             ^ std::process::id();
-        let template = StoreTemplate {
-            component: Arc::from(name.as_str()),
-            outbound: options.outbound.clone(),
-            env: options.env.clone(),
+        let instances = InstanceSettings {
+            runtime: runtime.clone(),
+            template: StoreTemplate {
+                component: Arc::from(name.as_str()),
+                outbound: options.outbound.clone(),
+                env: options.env.clone(),
+            },
+            reuse: options.reuse,
+            max_idle: options.max_concurrency,
+            request_timeout: options.request_timeout,
+            metrics: metrics.clone(),
         };
-        log_instances(
-            &template.component,
-            &options.reuse,
-            component.current().wasi(),
-        );
-        let generation = Generation::new(
-            component.loaded(),
-            &runtime,
-            &template,
-            options.reuse,
-            options.max_concurrency,
-            options.request_timeout,
-            &metrics,
-        );
+        log_instances(&name, &options.reuse, component.current().wasi());
+        let generation = Generation::new(component.loaded(), &instances);
         Ok(Self {
             runtime,
             component,
             generation: ArcSwap::from_pointee(generation),
-            template,
+            instances,
             slots: Slots::new(options.max_concurrency, metrics.in_flight()),
             options,
             metrics,
@@ -181,15 +176,7 @@ impl Handler {
         if Arc::ptr_eq(&current.source, &loaded) {
             return current;
         }
-        let fresh = Arc::new(Generation::new(
-            loaded,
-            &self.runtime,
-            &self.template,
-            self.options.reuse,
-            self.options.max_concurrency,
-            self.options.request_timeout,
-            &self.metrics,
-        ));
+        let fresh = Arc::new(Generation::new(loaded, &self.instances));
         let previous = self.generation.compare_and_swap(&current, fresh.clone());
         if Arc::ptr_eq(&previous, &current) {
             if current.source.0.wasi() != fresh.source.0.wasi() {
@@ -359,9 +346,8 @@ impl Handler {
         request: Request<GuardedBody>,
         slot: Slot,
     ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
-        let generation = self.generation();
-        match &generation.serving {
-            Serving::P2(_) => self.call_p2(generation.clone(), request, slot).await,
+        match &self.generation().serving {
+            Serving::P2(pool) => self.call_p2(pool.clone(), request, slot).await,
             Serving::P3(handler) => self.call_p3(handler.clone(), request, slot).await,
         }
     }
@@ -372,13 +358,10 @@ impl Handler {
     /// long the response takes to stream.
     async fn call_p2(
         &self,
-        generation: Arc<Generation>,
+        pool: Arc<P2Pool>,
         request: Request<GuardedBody>,
         slot: Slot,
     ) -> Result<Response<HyperOutgoingBody>, GuestFailure> {
-        let Serving::P2(pool) = &generation.serving else {
-            unreachable!("call_p2 is given a WASI 0.2 generation");
-        };
         let timeout = self.options.request_timeout;
         let deadline = Instant::now() + timeout;
         let (mut store, reused) = match pool.take() {
@@ -392,7 +375,9 @@ impl Handler {
             None => (
                 self.runtime.new_store(
                     pool.engine(),
-                    self.template.setup(deadline, tracing::Span::current()),
+                    self.instances
+                        .template
+                        .setup(deadline, tracing::Span::current()),
                 ),
                 None,
             ),
@@ -417,9 +402,6 @@ impl Handler {
         // instance that returned cleanly may serve again (if reuse is on);
         // one that trapped, ran out of time or was refused memory never does.
         let task = tokio::spawn(async move {
-            let Serving::P2(pool) = &generation.serving else {
-                unreachable!("call_p2 is given a WASI 0.2 generation");
-            };
             let call = async {
                 let (proxy, served) = match reused {
                     Some(reused) => reused,
@@ -542,8 +524,9 @@ fn log_instances(component: &str, reuse: &Reuse, wasi: Wasi) {
     );
 }
 
-/// The handler's concurrency slots. A slot is held by the task that owns
-/// the request's instance, so the slots bound the live instances.
+/// The handler's concurrency slots. A slot is held until the guest is done
+/// with its request (see the module docs), so the slots bound the requests
+/// in the guest.
 struct Slots {
     semaphore: Arc<Semaphore>,
     saturation: Arc<Saturation>,
