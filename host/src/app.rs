@@ -1,5 +1,5 @@
 //! What each subcommand does, start to finish: merge flags, environment
-//! and config file into checked settings ([`crate::config`]), load every
+//! and config file into checked settings ([`crate::settings::config`]), load every
 //! component, then bind the ports, then run until SIGTERM or SIGINT.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -9,23 +9,26 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::admin::{self, Readiness};
-use crate::cli::{
+use crate::http::admin::{self, Readiness};
+use crate::http::handler::{Handler, ServeOptions};
+use crate::http::server;
+use crate::ops::clock;
+use crate::ops::clock::rfc3339;
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
+use crate::probe::{Outcome, ProbeComponent, Prober, Target};
+use crate::runtime::component_scan::Declared;
+use crate::runtime::memory::{self, BudgetSource, MemoryBudget};
+use crate::runtime::reload::{self, Reloadable};
+use crate::runtime::{GuestLimits, Role, Runtime, Wasi};
+use crate::schedule::cron::{Expression, Schedule};
+use crate::schedule::run as scheduler;
+use crate::schedule::state::{ProbeState, StateDir};
+use crate::settings::cli::{
     CheckArgs, CheckRole, Cli, Command, CompileArgs, NextArgs, ProbeArgs, RunArgs, ScheduleArgs,
     ServeArgs, WhenArgs,
 };
-use crate::component_scan::Declared;
-use crate::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
-use crate::engine::{GuestLimits, Role, Runtime, Wasi, PROBE_INSTANCES};
-use crate::memory::{self, BudgetSource};
-use crate::metrics::Metrics;
-use crate::probe::{Outcome, ProbeComponent, Prober, Target};
-use crate::reload::{self, Reloadable};
-use crate::schedule::{rfc3339, Expression, Schedule};
-use crate::serve::{Handler, ServeOptions};
-use crate::shutdown::Shutdown;
-use crate::state::{ProbeState, StateDir};
-use crate::{clock, scheduler, serve};
+use crate::settings::config::{self, ConfigFile, HandlerSettings, ProbeFlags, ProbeSettings};
 
 /// Exit code of `pulse probe` when a target did not answer 2xx.
 pub const EXIT_UNHEALTHY: u8 = 1;
@@ -78,7 +81,7 @@ async fn serve_command(
     let listener = bind(settings.listen, "--listen", "PULSE_LISTEN").await?;
     readiness.set_loaded();
     start.watch(!cli.no_watch, vec![handler.component()])?;
-    serve::serve(listener, handler, start.metrics.clone(), shutdown.wait()).await?;
+    server::serve(listener, handler, start.metrics.clone(), shutdown.wait()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -170,7 +173,7 @@ async fn run_command(
     let mut watched: Vec<Arc<dyn Reloadable>> = vec![handler.component()];
     watched.extend(reloadable_probes(&components));
     start.watch(!cli.no_watch, watched)?;
-    let serving = serve::serve(
+    let serving = server::serve(
         listener,
         handler,
         start.metrics.clone(),
@@ -202,21 +205,11 @@ impl Start {
         handler: Option<&ServeOptions>,
     ) -> anyhow::Result<Self> {
         let global = config::global(cli, &file);
-        // Requests in flight, as many idle instances when they may be kept
-        // for reuse, and (WASI 0.2 only) the probes. The WASI 0.2 pool is no
-        // larger than it must be: measured with wrk on one core, a fresh
-        // instance per request served ~6,650 requests/s from a pool of 544
-        // and ~7,000 from one of 288.
-        let slots = handler.map_or(0, |h| u32::try_from(h.max_concurrency).unwrap_or(u32::MAX));
-        let reuse_p2 = handler.is_some_and(|h| h.reuse.max_requests(Wasi::P2) > 1);
-        let idle_p2 = if reuse_p2 { slots } else { 0 };
-        let limits = GuestLimits {
-            max_memory: usize::try_from(global.max_memory).unwrap_or(usize::MAX),
-            max_instances: slots
-                .saturating_add(idle_p2)
-                .saturating_add(PROBE_INSTANCES),
-            max_instances_p3: slots.saturating_mul(2),
-        };
+        let concurrency =
+            handler.map_or(0, |h| u32::try_from(h.max_concurrency).unwrap_or(u32::MAX));
+        let reuses_p2 = handler.is_some_and(|h| h.reuse.max_requests(Wasi::P2) > 1);
+        let max_memory = usize::try_from(global.max_memory).unwrap_or(usize::MAX);
+        let limits = GuestLimits::sized_for(max_memory, concurrency, reuses_p2);
         let metrics = Arc::new(Metrics::new());
         let (budget, budget_source) = match global.memory_budget {
             Some(bytes) => (bytes, BudgetSource::Configured),
@@ -231,7 +224,7 @@ impl Start {
                     .cache_dir
                     .as_deref()
                     .map(|dir| (dir, global.cache_max_size)),
-                Arc::new(metrics.memory_budget(budget)),
+                Arc::new(MemoryBudget::with_metrics(budget, &metrics)),
             )
             .context("cannot set up the WebAssembly engine")?,
         );
@@ -392,16 +385,16 @@ fn compile_command(runtime: &Runtime, args: &CompileArgs) -> anyhow::Result<Exit
     let started = std::time::Instant::now();
     let wasm = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}: check the path", args.file.display()))?;
-    if crate::precompiled::is_precompiled(&wasm) {
+    if crate::runtime::precompiled::is_precompiled(&wasm) {
         anyhow::bail!(
             "{} is already precompiled; give the component's .wasm",
             args.file.display()
         );
     }
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| args.file.with_extension(crate::precompiled::EXTENSION));
+    let output = args.output.clone().unwrap_or_else(|| {
+        args.file
+            .with_extension(crate::runtime::precompiled::EXTENSION)
+    });
     let compiled = runtime
         .precompile(&wasm)
         .map_err(|e| anyhow::anyhow!("cannot compile {}: {e:#}", args.file.display()))?;
@@ -432,7 +425,7 @@ fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode
     };
     let checked = runtime.read(&args.file, role).and_then(|file| {
         let runs_as = match role {
-            Role::Handler => serve::check(runtime, &args.file, &file.bytes)?,
+            Role::Handler => crate::http::handler::check(runtime, &args.file, &file.bytes)?,
             Role::Probe => {
                 crate::probe::check(runtime, &args.file, &file.bytes).map(|()| Wasi::P2)?
             }

@@ -60,33 +60,15 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-mod accept;
-mod admin;
 mod app;
-mod cli;
-mod clock;
-mod component_scan;
-mod config;
-mod engine;
-mod guest_log;
-mod instances;
-mod logging;
-mod memory;
-mod metrics;
-mod outbound;
-mod pace;
-mod precompiled;
+mod http;
+mod ops;
 mod probe;
-mod reload;
+mod runtime;
 mod schedule;
-mod scheduler;
-mod serve;
-mod shutdown;
-mod state;
-mod telemetry;
-mod units;
+mod settings;
 
 pub use app::run;
-pub use cli::Cli;
-pub use logging::{init as init_logging, LogFormat};
-pub use telemetry::Traces;
+pub use ops::logging::{init as init_logging, LogFormat};
+pub use ops::telemetry::Traces;
+pub use settings::cli::Cli;

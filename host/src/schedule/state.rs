@@ -26,8 +26,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::ops::metrics::Remembered;
 use crate::probe::{Outcome, ProbeRecord};
-use crate::schedule::Schedule;
+use crate::schedule::cron::Schedule;
 
 /// The version of the file format this build writes and reads.
 const FORMAT_VERSION: u32 = 1;
@@ -124,6 +125,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// What this record remembers of earlier runs, for the metrics.
+    pub fn remembered(&self, suspended: bool) -> Remembered {
+        Remembered {
+            tracked_since: self.tracked_since,
+            last_success: self.last_successful_time,
+            last_outcome: self.last_outcome,
+            last_status: self.last_status,
+            suspended,
+        }
+    }
+
     fn fresh(name: &str, schedule: &Schedule, now: DateTime<Utc>) -> Self {
         Self {
             version: FORMAT_VERSION,

@@ -35,13 +35,23 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
 
-use crate::cli::{Cli, ProbeArgs, ProbeTuning, ServeArgs, WhenArgs};
-use crate::outbound::{AllowList, AllowRule};
-use crate::pace::Pace;
+use crate::http::handler::{Reuse, ServeOptions};
+use crate::http::pace::Pace;
 use crate::probe::{ProbeOptions, Target};
-use crate::schedule::{ConcurrencyPolicy, Expression, Policy, Schedule, Zone};
-use crate::serve::{Reuse, ServeOptions};
-use crate::units::{Dur, Size};
+use crate::runtime::outbound::{AllowList, AllowRule};
+use crate::schedule::cron::{ConcurrencyPolicy, Expression, Policy, Schedule, Zone};
+use crate::settings::cli::{Cli, ProbeArgs, ProbeTuning, ServeArgs, WhenArgs};
+use crate::settings::units::{Dur, Size};
+
+// The values `pulse.toml` writes as strings, read through their `FromStr`
+// so that a bad one is reported with its line and key.
+crate::settings::units::deserialize_from_str!(
+    Target => "an http(s) URL such as \"http://api:3000/healthcheck\"",
+    AllowRule => "scheme://host:port, e.g. \"http://api:3000\"",
+    Expression => "a cron expression such as \"0 8 * * *\"",
+    Zone => "an IANA time zone such as \"Europe/Paris\"",
+    ConcurrencyPolicy => "Allow, Forbid or Replace",
+);
 
 /// The default of every setting that has one.
 pub mod defaults {
@@ -272,8 +282,13 @@ pub fn handler(
     if max_concurrency == 0 {
         bail!("{source}: [handler] max_concurrency: must be at least 1");
     }
+    let max_instance_reuse = args.max_instance_reuse.or(section.max_instance_reuse);
+    if max_instance_reuse == Some(0) {
+        bail!("{source}: [handler] max_instance_reuse: must be at least 1 (1 is a fresh instance per request)");
+    }
     let reuse = Reuse {
-        max_requests: args.max_instance_reuse.or(section.max_instance_reuse),
+        max_requests_p2: max_instance_reuse.unwrap_or(defaults::INSTANCE_REUSE_P2),
+        max_requests_p3: max_instance_reuse.unwrap_or(defaults::INSTANCE_REUSE_P3),
         max_concurrent: args
             .max_instance_concurrency
             .or(section.max_instance_concurrency)
@@ -284,9 +299,6 @@ pub fn handler(
             defaults::INSTANCE_IDLE_TIMEOUT,
         ),
     };
-    if reuse.max_requests == Some(0) {
-        bail!("{source}: [handler] max_instance_reuse: must be at least 1 (1 is a fresh instance per request)");
-    }
     if reuse.max_concurrent == 0 {
         bail!("{source}: [handler] max_instance_concurrency: must be at least 1");
     }
@@ -500,7 +512,7 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    use crate::cli::Command;
+    use crate::settings::cli::Command;
 
     fn cli(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("pulse").chain(args.iter().copied()))
@@ -585,10 +597,15 @@ mod tests {
         handler_precedence(
             &["--max-instance-reuse", "3"],
             "max_instance_reuse = 7",
-            |s| s.options.reuse.max_requests,
-            None,
-            Some(7),
-            Some(3),
+            |s| {
+                (
+                    s.options.reuse.max_requests_p2,
+                    s.options.reuse.max_requests_p3,
+                )
+            },
+            (1, 128),
+            (7, 7),
+            (3, 3),
         );
         handler_precedence(
             &["--max-instance-concurrency", "3"],

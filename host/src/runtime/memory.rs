@@ -48,6 +48,12 @@ impl MemoryBudget {
         }
     }
 
+    /// A budget of `limit` bytes shown in `metrics`.
+    pub fn with_metrics(limit: u64, metrics: &crate::ops::metrics::Metrics) -> Self {
+        let (used_gauge, denied) = metrics.memory_budget(limit);
+        Self::new(limit, used_gauge, denied)
+    }
+
     /// The budget in bytes.
     pub fn limit(&self) -> u64 {
         self.limit

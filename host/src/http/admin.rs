@@ -3,7 +3,7 @@
 //! the handler not saturated, and not shutting down) and `/metrics`.
 //!
 //! The port is served by the same accept loop as the main port
-//! ([`crate::accept`]), with a small connection cap and short timeouts of
+//! ([`crate::http::accept`]), with a small connection cap and short timeouts of
 //! its own: its clients (the kubelet, Prometheus) send one small request
 //! at a time, so nothing a client does on either port can make `/livez`
 //! unreachable.
@@ -18,10 +18,11 @@ use http_body_util::Full;
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::accept::{self, PortLimits};
-use crate::pace::Pace;
-use crate::serve::Saturation;
-use crate::shutdown::Shutdown;
+use crate::http::accept::{self, PortLimits};
+use crate::http::pace::Pace;
+use crate::http::slots::Saturation;
+use crate::ops::metrics::Port;
+use crate::ops::shutdown::Shutdown;
 
 /// Connections the admin port holds at once.
 pub const MAX_CONNECTIONS: usize = 32;
@@ -89,11 +90,11 @@ impl Readiness {
 pub async fn serve(
     listener: TcpListener,
     readiness: Readiness,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::ops::metrics::Metrics>,
     stop: impl Future<Output = ()>,
 ) {
     let limits = PortLimits {
-        name: "admin",
+        port: Port::Admin,
         max_connections: MAX_CONNECTIONS,
         header_timeout: HEADER_TIMEOUT,
         pace: Pace {
@@ -113,7 +114,7 @@ pub async fn serve(
 fn answer(
     path: &str,
     readiness: &Readiness,
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::ops::metrics::Metrics,
 ) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/livez" => (StatusCode::OK, "text/plain", "ok\n".to_string()),

@@ -16,7 +16,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 
 /// A parsed schedule: when it fires, in which zone.
@@ -71,12 +71,6 @@ impl FromStr for Zone {
         parse_time_zone(text).map(Zone).map_err(|e| e.to_string())
     }
 }
-
-crate::units::deserialize_from_str!(
-    Expression => "a cron expression such as \"0 8 * * *\"",
-    Zone => "an IANA time zone such as \"Europe/Paris\"",
-    ConcurrencyPolicy => "Allow, Forbid or Replace",
-);
 
 /// What to do when a firing falls due while a run is still going
 /// (CronJob's `concurrencyPolicy`).
@@ -288,14 +282,6 @@ fn weekday_number(token: &str) -> Result<usize, String> {
         .iter()
         .position(|name| name.eq_ignore_ascii_case(token))
         .ok_or_else(|| format!("{token:?} is not a day of week (0-7 or SUN-SAT)"))
-}
-
-/// Formats an instant as RFC 3339 with its offset, for log lines.
-pub fn rfc3339<Z: TimeZone>(instant: &DateTime<Z>) -> String
-where
-    Z::Offset: std::fmt::Display,
-{
-    instant.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// When the scheduler fires: cron expressions in IANA zones, across DST.

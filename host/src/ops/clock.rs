@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 /// The environment variable that starts the clock at another instant.
 pub const CLOCK_START_ENV: &str = "PULSE_CLOCK_START";
@@ -34,4 +34,12 @@ pub fn init_from_env() -> anyhow::Result<()> {
 /// The current wall-clock time.
 pub fn now() -> DateTime<Utc> {
     Utc::now() + OFFSET.get().copied().unwrap_or_else(TimeDelta::zero)
+}
+
+/// Formats an instant as RFC 3339 with its offset, for log lines.
+pub fn rfc3339<Z: TimeZone>(instant: &DateTime<Z>) -> String
+where
+    Z::Offset: std::fmt::Display,
+{
+    instant.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

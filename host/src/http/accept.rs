@@ -15,7 +15,7 @@
 //!   connection waits for its next request, so an idle connection is closed
 //!   after the same time.
 //! - **Slow readers**: a client that does not read what pulse writes is cut
-//!   (see [`crate::pace`]).
+//!   (see [`crate::http::pace`]).
 //! - **Shutdown**: the listener closes, connections with no request in
 //!   progress (idle, or still sending headers) are closed at once, and
 //!   requests in progress get up to `shutdown_grace` to finish.
@@ -37,8 +37,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::metrics::Metrics;
-use crate::pace::{Pace, PacedIo};
+use crate::http::pace::{Pace, PacedIo};
+use crate::ops::metrics::{Metrics, Port};
 
 /// Wait after a failed `accept` before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -46,8 +46,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// What the clients of one port may hold, and for how long.
 #[derive(Clone, Debug)]
 pub(crate) struct PortLimits {
-    /// A name for logs: `main` or `admin`.
-    pub name: &'static str,
+    /// Which port, for logs and metrics.
+    pub port: Port,
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: usize,
     /// Time to send a request's headers, and to start the next request on
@@ -90,7 +90,7 @@ pub(crate) async fn serve<S, F, B>(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(port = limits.name, error = %e, "accept failed; retrying shortly");
+                    tracing::warn!(port = limits.port.name(), error = %e, "accept failed; retrying shortly");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -118,13 +118,13 @@ pub(crate) async fn serve<S, F, B>(
                     if let Some(state) = live.remove(oldest_idle) {
                         state.evict.notify_one();
                     }
-                    tracing::debug!(port = limits.name, %peer, max_connections = limits.max_connections,
+                    tracing::debug!(port = limits.port.name(), %peer, max_connections = limits.max_connections,
                         "too many open connections; closed the oldest idle one");
                 }
                 None => {
-                    tracing::warn!(port = limits.name, %peer, max_connections = limits.max_connections,
+                    tracing::warn!(port = limits.port.name(), %peer, max_connections = limits.max_connections,
                         "too many open connections, all busy; closed the new one");
-                    metrics.connection_refused(limits.name);
+                    metrics.connection_refused(limits.port);
                     drop(stream);
                     continue;
                 }
@@ -152,7 +152,7 @@ pub(crate) async fn serve<S, F, B>(
         let io = TokioIo::new(PacedIo::new(stream, limits.pace));
         let connection = builder.serve_connection(io, hyper_service);
         let mut stopping = stopping.clone();
-        let port = limits.name;
+        let port = limits.port.name();
         connections.spawn(async move {
             let _open = guard;
             let _ended = Ended(state.clone());
@@ -177,7 +177,7 @@ pub(crate) async fn serve<S, F, B>(
     drop(listener);
     let _ = stop.send(true);
     let grace = limits.shutdown_grace;
-    if limits.name == "main" {
+    if limits.port.announces_shutdown() {
         tracing::info!(
             grace_ms = grace.as_millis() as u64,
             "shutting down: no new connections, draining requests in flight"
@@ -188,10 +188,10 @@ pub(crate) async fn serve<S, F, B>(
     })
     .await;
     match drained {
-        Ok(()) if limits.name == "main" => tracing::info!("all connections closed"),
+        Ok(()) if limits.port.announces_shutdown() => tracing::info!("all connections closed"),
         Ok(()) => {}
         Err(_) => tracing::warn!(
-            port = limits.name,
+            port = limits.port.name(),
             grace_ms = grace.as_millis() as u64,
             "requests still in flight at the end of the shutdown grace were dropped"
         ),

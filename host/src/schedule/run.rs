@@ -12,7 +12,7 @@
 //!
 //! Each decision (fired, missed, skipped) is recorded in the probe's
 //! [`ProbeState`] before a run starts, and the planner of a restarted
-//! process resumes after the last recorded instant (see [`crate::state`]),
+//! process resumes after the last recorded instant (see [`crate::schedule::state`]),
 //! so a firing due while pulse was down runs late once, within the
 //! starting deadline, and never twice.
 //!
@@ -31,12 +31,13 @@ use chrono_tz::Tz;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::clock;
+use crate::ops::clock;
+use crate::ops::clock::rfc3339;
+use crate::ops::shutdown::Shutdown;
 use crate::probe::Prober;
-use crate::schedule::{rfc3339, Schedule};
-use crate::schedule::{ConcurrencyPolicy, Policy};
-use crate::shutdown::Shutdown;
-use crate::state::{Decision, ProbeState};
+use crate::schedule::cron::Schedule;
+use crate::schedule::cron::{ConcurrencyPolicy, Policy};
+use crate::schedule::state::{Decision, ProbeState};
 
 /// Longest single sleep before the wall clock is read again.
 const SLEEP_SLICE: Duration = Duration::from_secs(1);
@@ -149,7 +150,7 @@ pub async fn run(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutd
 
 async fn keep(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown) {
     let Kept { prober, state } = kept;
-    prober.restore(&state.snapshot(), policy.suspend);
+    prober.restore(&state.snapshot().remembered(policy.suspend));
     let mut planner = Planner::new(schedule.clone(), &policy, state.resume_after(clock::now()));
     tracing::info!(
         schedule = schedule.expression(),
@@ -302,7 +303,7 @@ mod tests {
     }
 
     fn planner(expression: &str, zone: &str, deadline: Option<u64>, start: &str) -> Planner {
-        let zone = crate::schedule::parse_time_zone(zone).unwrap();
+        let zone = crate::schedule::cron::parse_time_zone(zone).unwrap();
         let policy = Policy {
             starting_deadline: deadline.map(Duration::from_secs),
             ..Policy::default()

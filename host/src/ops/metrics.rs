@@ -14,7 +14,130 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::probe::Outcome;
+/// How a probe ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The target answered 2xx.
+    Healthy,
+    /// The target answered, with a status other than 2xx.
+    Unhealthy,
+    /// No answer: DNS, connection, timeout, invalid target, or the
+    /// component itself failed.
+    Error,
+}
+
+impl Outcome {
+    /// The name in probe lines and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Healthy => "healthy",
+            Outcome::Unhealthy => "unhealthy",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Outcome {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// What a probe's schedule state remembers of its earlier runs: the gauges
+/// a restart would otherwise reset.
+#[derive(Clone, Debug)]
+pub struct Remembered {
+    /// Since when the schedule has been kept.
+    pub tracked_since: DateTime<Utc>,
+    /// When a run last ended healthy.
+    pub last_success: Option<DateTime<Utc>>,
+    /// How the last run ended, and the status it got.
+    pub last_outcome: Option<Outcome>,
+    pub last_status: Option<u16>,
+    /// Whether the schedule is suspended.
+    pub suspended: bool,
+}
+
+/// Implements `EncodeLabelValue` for a label enum through its `name`.
+macro_rules! label_value {
+    ($($type:ty),* $(,)?) => {$(
+        impl prometheus_client::encoding::EncodeLabelValue for $type {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> std::fmt::Result {
+                std::fmt::Write::write_str(encoder, self.name())
+            }
+        }
+    )*};
+}
+
+/// The kind of component a series is about (the `role` label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Component {
+    Handler,
+    Probe,
+}
+
+impl Component {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Handler => "handler",
+            Component::Probe => "probe",
+        }
+    }
+}
+
+/// Which of pulse's ports a series is about (the `port` label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Port {
+    /// The main port, through the handler.
+    Main,
+    /// The admin port: `/livez`, `/readyz`, `/metrics`.
+    Admin,
+}
+
+impl Port {
+    /// The label value, and the port's name in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Port::Main => "main",
+            Port::Admin => "admin",
+        }
+    }
+
+    /// Whether its shutdown is logged at `info`: the main port's drain is
+    /// what an operator watches; the admin port's is not worth a line.
+    pub fn announces_shutdown(self) -> bool {
+        matches!(self, Port::Main)
+    }
+}
+
+/// How a reload of a component file ended (the `outcome` label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new file is serving.
+    Loaded,
+    /// The new file was refused; the previous component keeps serving.
+    Rejected,
+}
+
+impl ReloadOutcome {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReloadOutcome::Loaded => "loaded",
+            ReloadOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+label_value!(Component, Port, ReloadOutcome);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
@@ -23,7 +146,7 @@ struct StatusLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
-    role: String,
+    role: Component,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,13 +162,13 @@ struct ProbeOutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
-    port: String,
+    port: Port,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
-    role: String,
-    outcome: String,
+    role: Component,
+    outcome: ReloadOutcome,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -203,7 +326,7 @@ impl Metrics {
         registry.register(
             "pulse_trace_spans_dropped",
             "Trace spans dropped because the export queue was full (0 while traces are off)",
-            crate::telemetry::spans_dropped(),
+            crate::ops::telemetry::spans_dropped(),
         );
         Self {
             registry,
@@ -234,9 +357,9 @@ impl Metrics {
     }
 
     /// Records how long instantiating a `role` component took.
-    pub fn instantiation(&self, role: &str, took: Duration) {
+    pub fn instantiation(&self, role: Component, took: Duration) {
         self.instantiation
-            .get_or_create(&RoleLabels { role: role.into() })
+            .get_or_create(&RoleLabels { role })
             .observe(took.as_secs_f64());
     }
 
@@ -292,7 +415,7 @@ impl Metrics {
     /// Restores what a restart would otherwise forget, from `probe`'s
     /// schedule state: the last run's result, the last success, and since
     /// when the schedule is kept; and whether it is `suspended`.
-    pub fn probe_restored(&self, probe: &str, state: &crate::state::Record, suspended: bool) {
+    pub fn probe_restored(&self, probe: &str, state: &Remembered) {
         let labels = ProbeLabels {
             probe: probe.into(),
         };
@@ -301,8 +424,8 @@ impl Metrics {
             .set(unix_seconds(state.tracked_since));
         self.probe_suspended
             .get_or_create(&labels)
-            .set(i64::from(suspended));
-        if let Some(time) = state.last_successful_time {
+            .set(i64::from(state.suspended));
+        if let Some(time) = state.last_success {
             self.probe_last_success
                 .get_or_create(&labels)
                 .set(unix_seconds(time));
@@ -327,41 +450,32 @@ impl Metrics {
     }
 
     /// Counts one connection closed because `port` was full.
-    pub fn connection_refused(&self, port: &str) {
+    pub fn connection_refused(&self, port: Port) {
         self.connections_refused
-            .get_or_create(&PortLabels { port: port.into() })
+            .get_or_create(&PortLabels { port })
             .inc();
     }
 
-    /// A guest memory budget of `limit` bytes whose use these metrics show.
-    pub fn memory_budget(&self, limit: u64) -> crate::memory::MemoryBudget {
+    /// The gauges of a guest memory budget of `limit` bytes: the bytes in
+    /// use, and the requests for memory it refused.
+    pub fn memory_budget(&self, limit: u64) -> (Gauge, Counter) {
         self.guest_memory_budget
             .set(i64::try_from(limit).unwrap_or(i64::MAX));
-        crate::memory::MemoryBudget::new(
-            limit,
-            self.guest_memory.clone(),
-            self.guest_memory_refused.clone(),
-        )
+        (self.guest_memory.clone(), self.guest_memory_refused.clone())
     }
 
     /// Makes both `pulse_component_reloads_total` series of `role` exist
     /// from the start, at 0.
-    pub fn reloads_registered(&self, role: &str) {
-        for outcome in ["loaded", "rejected"] {
-            drop(self.reloads.get_or_create(&ReloadLabels {
-                role: role.into(),
-                outcome: outcome.into(),
-            }));
+    pub fn reloads_registered(&self, role: Component) {
+        for outcome in [ReloadOutcome::Loaded, ReloadOutcome::Rejected] {
+            drop(self.reloads.get_or_create(&ReloadLabels { role, outcome }));
         }
     }
 
     /// Counts one reload of a `role` component.
-    pub fn reload(&self, role: &str, outcome: &str) {
+    pub fn reload(&self, role: Component, outcome: ReloadOutcome) {
         self.reloads
-            .get_or_create(&ReloadLabels {
-                role: role.into(),
-                outcome: outcome.into(),
-            })
+            .get_or_create(&ReloadLabels { role, outcome })
             .inc();
     }
 

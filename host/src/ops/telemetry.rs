@@ -186,19 +186,30 @@ pub fn request_finished(span: &tracing::Span, component: &str, status: u16) {
 }
 
 /// Records how a probe run ended on its span.
-pub fn probe_finished(span: &tracing::Span, record: &crate::probe::ProbeRecord) {
-    span.set_attribute("pulse.probe.outcome", record.outcome.as_str());
-    span.set_attribute("pulse.probe.attempts", i64::from(record.attempts));
-    if let Some(status) = record.status {
+pub fn probe_finished(span: &tracing::Span, run: ProbeRun<'_>) {
+    span.set_attribute("pulse.probe.outcome", run.outcome.as_str());
+    span.set_attribute("pulse.probe.attempts", i64::from(run.attempts));
+    if let Some(status) = run.status {
         span.set_attribute("http.response.status_code", i64::from(status));
     }
-    if let Some(at) = &record.scheduled_for {
-        span.set_attribute("pulse.probe.scheduled_for", at.clone());
+    if let Some(at) = run.scheduled_for {
+        span.set_attribute("pulse.probe.scheduled_for", at.to_owned());
     }
-    if let Some(error) = &record.error {
-        span.set_attribute("pulse.probe.error_kind", error.kind.as_str());
-        span.set_status(opentelemetry::trace::Status::error(error.message.clone()));
+    if let Some((kind, message)) = run.error {
+        span.set_attribute("pulse.probe.error_kind", kind);
+        span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
     }
+}
+
+/// What a probe run's span records of how it ended.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeRun<'a> {
+    pub outcome: crate::ops::metrics::Outcome,
+    pub attempts: u32,
+    pub status: Option<u16>,
+    pub scheduled_for: Option<&'a str>,
+    /// The failure's kind and message.
+    pub error: Option<(&'static str, &'a str)>,
 }
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);

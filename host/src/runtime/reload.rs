@@ -21,9 +21,9 @@ use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::engine::{ComponentFile, LoadError, Role, Runtime};
-use crate::metrics::Metrics;
-use crate::precompiled;
+use crate::ops::metrics::{Metrics, ReloadOutcome};
+use crate::runtime::precompiled;
+use crate::runtime::{ComponentFile, LoadError, Role, Runtime};
 
 /// How long the files must be quiet before a reload, so that a file being
 /// written is read once it is whole.
@@ -224,7 +224,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     for component in &components {
-        metrics.reloads_registered(component.role().name());
+        metrics.reloads_registered(component.role().component());
     }
     let (triggers, changes) = mpsc::unbounded_channel::<Trigger>();
     let watcher = if watch {
@@ -497,7 +497,7 @@ async fn check_and_reload(
             state.read_as = None;
             tracing::error!(event = "reload", outcome = "rejected", role = role.name(), path = %path.display(),
                 reason = %error, digest = %previous, "reload rejected; the loaded component keeps serving");
-            metrics.reload(role.name(), "rejected");
+            metrics.reload(role.component(), ReloadOutcome::Rejected);
             return true;
         }
     };
@@ -513,19 +513,19 @@ async fn check_and_reload(
         Ok(Ok(from)) => {
             tracing::info!(event = "reload", outcome = "loaded", role = role.name(), path = %path.display(),
                 from = %from.display(), digest = %digest, previous_digest = %previous, "reloaded component");
-            metrics.reload(role.name(), "loaded");
+            metrics.reload(role.component(), ReloadOutcome::Loaded);
         }
         Ok(Err(error)) => {
             state.rejected = Some(digest.clone());
             tracing::error!(event = "reload", outcome = "rejected", role = role.name(), path = %path.display(),
                 reason = format!("{error:#}"), rejected_digest = %digest, digest = %previous,
                 "reload rejected; the loaded component keeps serving");
-            metrics.reload(role.name(), "rejected");
+            metrics.reload(role.component(), ReloadOutcome::Rejected);
         }
         Err(join) => {
             tracing::error!(event = "reload", outcome = "rejected", role = role.name(), path = %path.display(),
                 reason = %join, digest = %previous, "reload failed; the loaded component keeps serving");
-            metrics.reload(role.name(), "rejected");
+            metrics.reload(role.component(), ReloadOutcome::Rejected);
         }
     }
     true

@@ -72,6 +72,35 @@ fn wasi_version(name: &str) -> Option<String> {
     Some(format!("{major}.{minor}"))
 }
 
+/// The WASI version a component targets, and so the engine it runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wasi {
+    /// WASI 0.2 (Preview 2): synchronous exports, no concurrency support.
+    P2,
+    /// WASI 0.3: async exports, streams and futures, on the engine with the
+    /// component model's async support.
+    P3,
+}
+
+impl Wasi {
+    /// `0.2` or `0.3`, for messages.
+    pub fn version(self) -> &'static str {
+        match self {
+            Wasi::P2 => "0.2",
+            Wasi::P3 => "0.3",
+        }
+    }
+
+    /// The version `bytes` (a component, not precompiled) targets: 0.3 if
+    /// any of its `wasi:` names says so.
+    pub fn of_component(bytes: &[u8]) -> Self {
+        match Declared::read(bytes) {
+            Some(declared) if declared.targets_wasi_0_3() => Wasi::P3,
+            _ => Wasi::P2,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,8 +20,6 @@ impl std::str::FromStr for AllowRule {
     }
 }
 
-crate::units::deserialize_from_str!(AllowRule => "scheme://host:port, e.g. \"http://api:3000\"");
-
 /// One allowed destination: `scheme://host:port`, or any port with `*`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllowRule {
@@ -199,7 +197,7 @@ impl WasiHttpHooks for HttpHooks {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let mut request = request;
-        crate::telemetry::inject(&self.span, request.headers_mut());
+        crate::ops::telemetry::inject(&self.span, request.headers_mut());
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((

@@ -20,12 +20,13 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use tracing::Instrument;
 
-use crate::engine::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
-use crate::metrics::Metrics;
-use crate::outbound::{AllowList, AllowRule};
-use crate::reload::{Reloadable, Swappable};
-use crate::schedule::rfc3339;
-use crate::shutdown::Shutdown;
+use crate::ops::clock::rfc3339;
+pub use crate::ops::metrics::Outcome;
+use crate::ops::metrics::{Component, Metrics, Remembered};
+use crate::ops::shutdown::Shutdown;
+use crate::runtime::outbound::{AllowList, AllowRule};
+use crate::runtime::reload::{Reloadable, Swappable};
+use crate::runtime::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -49,7 +50,7 @@ const GRACE: Duration = Duration::from_millis(500);
 
 /// A loaded probe component, ready to be aimed at a target. Clones share
 /// one component, which can be replaced while in use (see
-/// [`crate::reload`]).
+/// [`crate::runtime::reload`]).
 #[derive(Clone)]
 pub struct ProbeComponent {
     runtime: Arc<Runtime>,
@@ -124,39 +125,6 @@ pub struct Prober {
     outbound: Arc<AllowList>,
     metrics: Arc<Metrics>,
     shutdown: Option<Shutdown>,
-}
-
-/// How a probe ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// The target answered 2xx.
-    Healthy,
-    /// The target answered, with a status other than 2xx.
-    Unhealthy,
-    /// No answer: DNS, connection, timeout, invalid target, or the
-    /// component itself failed.
-    Error,
-}
-
-impl Outcome {
-    /// The name in probe lines and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Healthy => "healthy",
-            Outcome::Unhealthy => "unhealthy",
-            Outcome::Error => "error",
-        }
-    }
-}
-
-impl prometheus_client::encoding::EncodeLabelValue for Outcome {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> std::fmt::Result {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
 }
 
 /// Why a probe got no answer: the WIT `probe-error` cases the component
@@ -313,8 +281,6 @@ impl std::str::FromStr for Target {
     }
 }
 
-crate::units::deserialize_from_str!(Target => "an http(s) URL such as \"http://api:3000/healthcheck\"");
-
 /// What one attempt came to.
 struct Attempt {
     outcome: Outcome,
@@ -380,8 +346,8 @@ impl Prober {
     }
 
     /// Publishes what the schedule state remembers of earlier runs.
-    pub fn restore(&self, record: &crate::state::Record, suspended: bool) {
-        self.metrics.probe_restored(&self.name, record, suspended);
+    pub fn restore(&self, remembered: &Remembered) {
+        self.metrics.probe_restored(&self.name, remembered);
     }
 
     /// Publishes when this probe fires next.
@@ -399,8 +365,18 @@ impl Prober {
             .run_attempts(scheduled_for)
             .instrument(span.clone())
             .await;
-        if crate::telemetry::enabled() {
-            crate::telemetry::probe_finished(&span, &record);
+        if crate::ops::telemetry::enabled() {
+            let run = crate::ops::telemetry::ProbeRun {
+                outcome: record.outcome,
+                attempts: record.attempts,
+                status: record.status,
+                scheduled_for: record.scheduled_for.as_deref(),
+                error: record
+                    .error
+                    .as_ref()
+                    .map(|e| (e.kind.as_str(), e.message.as_str())),
+            };
+            crate::ops::telemetry::probe_finished(&span, run);
         }
         record
     }
@@ -428,7 +404,7 @@ impl Prober {
             backoff = backoff.saturating_mul(2);
             attempts += 1;
         };
-        let now = crate::clock::now();
+        let now = crate::ops::clock::now();
         self.metrics.probe_run(
             &self.name,
             last.outcome,
@@ -517,7 +493,8 @@ impl Prober {
         let started = Instant::now();
         let pre = self.component.swappable.current();
         let probe = pre.instantiate_async(&mut *store).await?;
-        self.metrics.instantiation("probe", started.elapsed());
+        self.metrics
+            .instantiation(Component::Probe, started.elapsed());
         let deadline = u64::try_from(self.options.timeout.as_nanos()).unwrap_or(u64::MAX);
         probe
             .call_check(&mut *store, self.target.as_str(), deadline)

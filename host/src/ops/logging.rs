@@ -22,7 +22,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
-use crate::telemetry::Traces;
+use crate::ops::telemetry::Traces;
 
 /// The format of diagnostic lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -36,7 +36,7 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber, with trace export when the
-/// `OTEL_*` variables ask for it (see [`crate::telemetry`]). Call once,
+/// `OTEL_*` variables ask for it (see [`crate::ops::telemetry`]). Call once,
 /// first thing. Logging is set up even when the trace settings are wrong;
 /// the error says what is wrong with them.
 pub fn init(format: LogFormat) -> anyhow::Result<Traces> {

@@ -2,7 +2,7 @@
 //! read from a `PULSE_*` environment variable (handy in Kubernetes
 //! manifests). A setting that is not given is `None` here: its default,
 //! and whether `pulse.toml` may set it, are decided in one place, in
-//! [`crate::config`]. Values with units parse as [`crate::units`] says.
+//! [`crate::settings::config`]. Values with units parse as [`crate::settings::units`] says.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,11 +10,11 @@ use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::logging::LogFormat;
-use crate::outbound::AllowRule;
+use crate::ops::logging::LogFormat;
 use crate::probe::Target;
-use crate::schedule::{ConcurrencyPolicy, Expression, Zone};
-use crate::units::{Dur, Size};
+use crate::runtime::outbound::AllowRule;
+use crate::schedule::cron::{ConcurrencyPolicy, Expression, Zone};
+use crate::settings::units::{Dur, Size};
 
 /// Runs WebAssembly components (WASI 0.2): serves HTTP through a wasi:http
 /// handler and fires an HTTP probe component on a cron schedule.

@@ -1,0 +1,380 @@
+//! The handler: what every request shares, whatever the WASI version of
+//! the component — its id, its concurrency slot, the body limits, the
+//! span, metrics — and the answer for every way a request can fail. The
+//! guest call itself is the executor's of the component's WASI version
+//! ([`crate::http::p2`], [`crate::http::p3`]): a fresh instance by default
+//! for WASI 0.2, a reused one when reuse is on (always, by default, for
+//! WASI 0.3).
+//!
+//! The component is pre-instantiated once and replaced atomically when its
+//! file changes ([`crate::runtime::reload`]). A WASI 0.2 request runs
+//! `wasi:http/incoming-handler.handle` in a spawned task that owns the
+//! store, and the server awaits the response the guest sets; a WASI 0.3
+//! request goes to a worker owning a 0.3 instance. Whatever the guest
+//! does, the client gets an answer and the server goes on; every answer
+//! carries an `x-request-id`, and every host-made answer is small JSON that
+//! repeats it:
+//!
+//! | what happened                                   | answer |
+//! |-------------------------------------------------|--------|
+//! | all `max_concurrency` slots busy                | 503 + `retry-after` |
+//! | body longer than `max_request_body`             | 413, whatever the guest answered |
+//! | body sent slower than `body_pace`               | 408, whatever the guest answered |
+//! | no `Host`, or a request wasi:http cannot carry  | 400 |
+//! | the guest trapped or never set a response       | 500 |
+//! | the guest ran past `request_timeout`            | 504 |
+//!
+//! A request holds its concurrency slot until its response body has been
+//! streamed: for WASI 0.2 the slot moves into the task that owns the
+//! store, which ends when the guest returns (after streaming its body), is
+//! stopped at its deadline, or is stopped because the client went away or
+//! was cut for reading too slowly; for WASI 0.3 the response body holds it.
+//! So the slots bound the requests in the guest, and the instance pools,
+//! sized for them and as many idle instances, are never the limit that
+//! trips.
+//!
+//! [`crate::http::server::serve`] takes its listener and its shutdown
+//! signal from the caller, so tests bind `127.0.0.1:0`.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, RETRY_AFTER};
+use hyper::{Request, Response, StatusCode};
+use tracing::Instrument;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::http::body::{closing, declared_length, json_error, BodyVerdict, GuardedBody};
+pub use crate::http::instances::Reuse;
+use crate::http::instances::{
+    Call, Executed, Generation, InstanceSettings, Loaded, Serving, StoreTemplate,
+};
+use crate::http::p2;
+use crate::http::p3;
+use crate::http::pace::Pace;
+use crate::http::slots::{Saturation, Slot, Slots};
+use crate::ops::metrics::Metrics;
+use crate::ops::telemetry;
+use crate::runtime::outbound::AllowList;
+use crate::runtime::reload::Swappable;
+use crate::runtime::{LoadError, Role, Runtime, Wasi};
+
+/// The header that carries the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// How the server treats requests.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Requests running in the handler at once; more get 503 at once.
+    pub max_concurrency: usize,
+    /// How instances are reused.
+    pub reuse: Reuse,
+    /// The longest one request may run in the handler, streaming included.
+    pub request_timeout: Duration,
+    /// The largest request body passed to the handler.
+    pub max_request_body: u64,
+    /// How long a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// How fast a client must send the request body and read the response.
+    pub body_pace: Pace,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+    /// Where the handler may send outgoing HTTP.
+    pub outbound: Arc<AllowList>,
+    /// The environment variables the handler sees.
+    pub env: Arc<Vec<(String, String)>>,
+}
+
+/// A loaded handler component, ready to serve; it can be replaced while
+/// serving (see [`crate::runtime::reload`]).
+pub struct Handler {
+    component: Arc<Swappable<Loaded>>,
+    /// The instances of the component in use (see [`Handler::generation`]).
+    generation: ArcSwap<Generation>,
+    instances: InstanceSettings,
+    slots: Slots,
+    options: ServeOptions,
+    metrics: Arc<Metrics>,
+    /// The component's name in logs (its file stem).
+    name: Arc<str>,
+    next_id: AtomicU64,
+    id_prefix: u32,
+}
+
+impl Handler {
+    /// Loads the wasi:http handler at `path`.
+    pub fn new(
+        runtime: Arc<Runtime>,
+        path: &Path,
+        options: ServeOptions,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let component = Arc::new(Swappable::load(
+            runtime.clone(),
+            path,
+            Role::Handler,
+            crate::http::instances::prepare,
+        )?);
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "handler".into());
+        // Request ids: this process's start time folded to 32 bits, then a
+        // counter, so ids from pod restarts rarely collide.
+        let id_prefix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+            .unwrap_or(0)
+            ^ std::process::id();
+        let instances = InstanceSettings {
+            runtime: runtime.clone(),
+            template: StoreTemplate {
+                component: Arc::from(name.as_str()),
+                outbound: options.outbound.clone(),
+                env: options.env.clone(),
+            },
+            reuse: options.reuse,
+            max_idle: options.max_concurrency,
+            request_timeout: options.request_timeout,
+            metrics: metrics.clone(),
+        };
+        log_instances(&name, &options.reuse, component.current().wasi());
+        let generation = Generation::new(component.loaded(), &instances);
+        Ok(Self {
+            component,
+            generation: ArcSwap::from_pointee(generation),
+            instances,
+            slots: Slots::new(options.max_concurrency, metrics.in_flight()),
+            options,
+            metrics,
+            name: name.into(),
+            next_id: AtomicU64::new(1),
+            id_prefix,
+        })
+    }
+
+    /// The instances of the component in use now. After a reload the first
+    /// request makes a new generation; the old one gets no new requests,
+    /// and its idle WASI 0.2 instances are dropped at once.
+    fn generation(&self) -> Arc<Generation> {
+        let loaded = self.component.loaded();
+        let current = self.generation.load_full();
+        if Arc::ptr_eq(&current.source, &loaded) {
+            return current;
+        }
+        let fresh = Arc::new(Generation::new(loaded, &self.instances));
+        let previous = self.generation.compare_and_swap(&current, fresh.clone());
+        if Arc::ptr_eq(&previous, &current) {
+            if current.source.0.wasi() != fresh.source.0.wasi() {
+                log_instances(&self.name, &self.options.reuse, fresh.source.0.wasi());
+            }
+            if let Serving::P2(pool) = &current.serving {
+                pool.retire();
+            }
+            fresh
+        } else {
+            self.generation.load_full()
+        }
+    }
+
+    /// The handler component, for reloading.
+    pub fn component(&self) -> Arc<Swappable<Loaded>> {
+        self.component.clone()
+    }
+
+    /// The options it serves with.
+    pub fn options(&self) -> &ServeOptions {
+        &self.options
+    }
+
+    /// Drops instances idle past the idle timeout, for as long as the
+    /// handler is in use.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let handler = Arc::downgrade(self);
+        let every = (self.options.reuse.idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(handler) = handler.upgrade() else {
+                    return;
+                };
+                handler.generation.load().sweep();
+            }
+        });
+    }
+
+    /// How long every slot has been busy, if they all are: readiness turns
+    /// false when this lasts.
+    pub fn saturation(&self) -> Arc<Saturation> {
+        self.slots.saturation()
+    }
+
+    /// Answers one request. Never fails: failures become 4xx/5xx answers.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+        let started = Instant::now();
+        let id = self.request_id(&request);
+        let span = tracing::info_span!("request", request_id = %id, method = %request.method(),
+            path = request.uri().path(), otel.kind = tracing::field::Empty);
+        // Only when traces are on: the span's kind and parent, and a handle
+        // kept to record the status at the end.
+        let traced = telemetry::enabled().then(|| {
+            telemetry::continue_trace(&span, request.headers());
+            span.clone()
+        });
+        let mut response = self.answer(request, &id).instrument(span).await;
+        if let Some(span) = traced {
+            telemetry::request_finished(&span, &self.name, response.status().as_u16());
+        }
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        self.metrics
+            .request(response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    /// The client's `x-request-id` if it is short and printable, else a
+    /// new one.
+    fn request_id(&self, request: &Request<Incoming>) -> String {
+        let given = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
+        match given {
+            Some(id) => id.to_owned(),
+            None => format!(
+                "{:08x}{:08x}",
+                self.id_prefix,
+                self.next_id.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+
+    async fn answer(&self, request: Request<Incoming>, id: &str) -> Response<HyperOutgoingBody> {
+        let Some(slot) = self.slots.try_take() else {
+            tracing::warn!(
+                max_concurrency = self.options.max_concurrency,
+                "all handler slots busy; answered 503"
+            );
+            let mut response = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is at its concurrency limit; retry shortly",
+                id,
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        };
+        let limit = self.options.max_request_body;
+        let too_large = || {
+            tracing::info!(
+                max_request_body = limit,
+                "request body too large; answered 413"
+            );
+            let message =
+                format!("the request body is larger than the server's limit of {limit} bytes");
+            closing(json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, id))
+        };
+        if declared_length(&request).is_some_and(|length| length > limit) {
+            return too_large();
+        }
+        let verdict = Arc::new(BodyVerdict::default());
+        let pace = self.options.body_pace;
+        let request = request.map(|body| GuardedBody::new(body, limit, pace, verdict.clone()));
+        let executed = self.execute(request, slot).await;
+        // A body cut short decides the answer, whatever the guest made of
+        // the error it read: a guest may well treat it as the end of the
+        // body and answer 200.
+        if verdict.over_limit.load(Ordering::SeqCst) {
+            return too_large();
+        }
+        if verdict.too_slow.load(Ordering::SeqCst) {
+            tracing::info!(
+                body_grace_ms = pace.grace.as_millis() as u64,
+                min_body_rate = pace.min_rate,
+                "request body came too slowly; answered 408"
+            );
+            return closing(json_error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body came too slowly",
+                id,
+            ));
+        }
+        match executed {
+            Executed::Answered(response) => response,
+            Executed::BadRequest(reason) => {
+                tracing::debug!(%reason, "rejected request");
+                json_error(StatusCode::BAD_REQUEST, &reason, id)
+            }
+            Executed::Failed(error) => {
+                tracing::error!(
+                    component = &*self.name,
+                    error = format!("{error:#}"),
+                    "handler component failed"
+                );
+                json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the handler component failed",
+                    id,
+                )
+            }
+            Executed::PastDeadline => {
+                tracing::error!(
+                    component = &*self.name,
+                    timeout_ms = self.options.request_timeout.as_millis() as u64,
+                    "handler component did not respond in time; stopped it"
+                );
+                json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the handler component did not respond in time",
+                    id,
+                )
+            }
+        }
+    }
+
+    /// Runs the guest for one request, on an instance of the component in
+    /// use now, through the executor of its WASI version.
+    async fn execute(&self, request: Request<GuardedBody>, slot: Slot) -> Executed {
+        let call = Call {
+            request,
+            slot,
+            deadline: Instant::now() + self.options.request_timeout,
+            span: tracing::Span::current(),
+        };
+        match &self.generation().serving {
+            Serving::P2(pool) => p2::execute(pool.clone(), &self.instances, call).await,
+            Serving::P3(handler) => p3::execute(handler.clone(), call).await,
+        }
+    }
+}
+
+/// Says how the handler's instances are made and reused, at start and when
+/// a reload switches the handler's WASI version.
+fn log_instances(component: &str, reuse: &Reuse, wasi: Wasi) {
+    let concurrent = match wasi {
+        Wasi::P2 => 1,
+        Wasi::P3 => reuse.max_concurrent,
+    };
+    tracing::info!(
+        component,
+        wasi = wasi.version(),
+        max_instance_reuse = reuse.max_requests(wasi),
+        max_instance_concurrency = concurrent,
+        instance_idle_timeout_ms = reuse.idle_timeout.as_millis() as u64,
+        "handler instances"
+    );
+}
+
+/// Checks that `bytes` (read from `path`) is a usable handler, as `pulse
+/// check --role handler` does.
+/// Returns the WASI version it is served as.
+pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<Wasi, LoadError> {
+    crate::http::instances::prepare(runtime, path, bytes).map(|loaded| loaded.wasi())
+}

@@ -1,0 +1,93 @@
+//! The state every store carries ([`HostState`]): WASI and wasi:http
+//! contexts, the outbound policy hooks, the resource table, the memory
+//! limiter, the deadline and the span guest output is logged in; and what
+//! a store is made with ([`StoreSetup`]).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::runtime::guest_log::SharedSpan;
+use crate::runtime::memory::{GuestMemory, Refusal};
+use crate::runtime::outbound::{AllowList, HttpHooks};
+
+/// The state every store carries: WASI, wasi:http with its outbound
+/// allow-list, the resource table, the memory limit and the deadline.
+pub struct HostState {
+    pub(super) wasi: WasiCtx,
+    pub(super) http: WasiHttpCtx,
+    pub(super) hooks: HttpHooks,
+    pub(super) table: ResourceTable,
+    pub(super) memory: GuestMemory,
+    pub(super) deadline: Instant,
+    pub(super) log_span: SharedSpan,
+}
+
+impl HostState {
+    /// Gives a reused instance its next request: its deadline, and the span
+    /// its output and outgoing requests belong to.
+    pub fn begin_request(&mut self, deadline: Instant, span: tracing::Span) {
+        self.deadline = deadline;
+        self.log_span.set(span.clone());
+        self.hooks.span = span;
+        self.hooks.denied = None;
+    }
+
+    /// The destination this store's guest was last denied, if any.
+    pub fn denied_destination(&self) -> Option<&str> {
+        self.hooks.denied.as_deref()
+    }
+
+    /// The limit that refused the guest memory, if one did.
+    pub fn memory_refused(&self) -> Option<Refusal> {
+        self.memory.refused()
+    }
+}
+
+/// The guest ran past its deadline and the host stopped it at an epoch tick.
+#[derive(Debug, thiserror::Error)]
+#[error("the guest ran past its deadline and was stopped")]
+pub struct DeadlineExceeded;
+
+/// Whether `error` (from a guest call) is the host stopping the guest at its
+/// deadline.
+pub fn is_deadline(error: &wasmtime::Error) -> bool {
+    error.downcast_ref::<DeadlineExceeded>().is_some()
+}
+
+/// What one store is for: who runs in it, where it may send HTTP, and until
+/// when it may run.
+pub struct StoreSetup {
+    /// A short name for logs, e.g. `handler` or `probe`.
+    pub component: Arc<str>,
+    /// Where the guest may send outgoing HTTP.
+    pub outbound: Arc<AllowList>,
+    /// When the guest is stopped if it is still running.
+    pub deadline: Instant,
+    /// The environment variables the guest sees.
+    pub env: Arc<Vec<(String, String)>>,
+    /// The span the guest's output is logged in (its request or probe run).
+    pub span: tracing::Span,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
