@@ -2,9 +2,8 @@
 //! on Wasmtime: it serves HTTP through a `wasi:http` handler and fires an
 //! HTTP probe on a cron schedule.
 //!
-//! The modules, one concern each, private to the crate: the binary needs
-//! only [`Cli`], [`init_logging`] (which returns the [`Traces`] to shut
-//! down) and [`run`].
+//! The modules are private to the crate, arranged by layer (see
+//! `docs/architecture.md`); the binary needs only [`main`].
 //! - [`cli`]: the command line and its `PULSE_*` environment variables.
 //! - [`config`]: flags, environment and `pulse.toml` merged into checked
 //!   settings, with every default and precedence rule in one place.
@@ -61,6 +60,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod app;
+#[cfg(test)]
+mod architecture;
 mod http;
 mod ops;
 mod probe;
@@ -68,7 +69,49 @@ mod runtime;
 mod schedule;
 mod settings;
 
-pub use app::run;
-pub use ops::logging::{init as init_logging, LogFormat};
-pub use ops::telemetry::Traces;
-pub use settings::cli::Cli;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for bad input or a failure to start.
+const EXIT_BAD_INPUT: u8 = 2;
+
+/// Task polls between two checks for I/O events and timers, per worker.
+const EVENT_INTERVAL: u32 = 4;
+
+/// The whole `pulse` command: parse the command line, set up logging and
+/// the async runtime, run the subcommand, and shut traces down.
+pub fn main() -> ExitCode {
+    let cli = settings::cli::Cli::parse();
+    let traces = match ops::logging::init(cli.log_format) {
+        Ok(traces) => traces,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    // A worker that runs guests checks for I/O and timers every few task
+    // polls rather than tokio's default 61: a guest yields at every epoch
+    // tick, so even with every worker busy in guests, new connections, the
+    // admin port and signals are seen within a few ticks.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let code = match runtime.block_on(app::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    };
+    traces.shutdown();
+    code
+}

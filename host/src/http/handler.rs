@@ -49,10 +49,9 @@ use tracing::Instrument;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::http::body::{closing, declared_length, json_error, BodyVerdict, GuardedBody};
+use crate::http::generation::{Generation, Serving};
 pub use crate::http::instances::Reuse;
-use crate::http::instances::{
-    Call, Executed, Generation, InstanceSettings, Loaded, Serving, StoreTemplate,
-};
+use crate::http::instances::{Call, Executed, HandlerPre, InstanceSettings, StoreTemplate};
 use crate::http::p2;
 use crate::http::p3;
 use crate::http::pace::Pace;
@@ -92,7 +91,7 @@ pub struct ServeOptions {
 /// A loaded handler component, ready to serve; it can be replaced while
 /// serving (see [`crate::runtime::reload`]).
 pub struct Handler {
-    component: Arc<Swappable<Loaded>>,
+    component: Arc<Swappable<HandlerPre>>,
     /// The instances of the component in use (see [`Handler::generation`]).
     generation: ArcSwap<Generation>,
     instances: InstanceSettings,
@@ -169,8 +168,9 @@ impl Handler {
         let fresh = Arc::new(Generation::new(loaded, &self.instances));
         let previous = self.generation.compare_and_swap(&current, fresh.clone());
         if Arc::ptr_eq(&previous, &current) {
-            if current.source.0.wasi() != fresh.source.0.wasi() {
-                log_instances(&self.name, &self.options.reuse, fresh.source.0.wasi());
+            let wasi = fresh.source.prepared.wasi();
+            if current.source.prepared.wasi() != wasi {
+                log_instances(&self.name, &self.options.reuse, wasi);
             }
             if let Serving::P2(pool) = &current.serving {
                 pool.retire();
@@ -182,7 +182,7 @@ impl Handler {
     }
 
     /// The handler component, for reloading.
-    pub fn component(&self) -> Arc<Swappable<Loaded>> {
+    pub fn component(&self) -> Arc<Swappable<HandlerPre>> {
         self.component.clone()
     }
 

@@ -1,7 +1,7 @@
 //! Handler instances: which executor a request runs on, and what every
 //! executor is made with and answers.
 //!
-//! A handler component is loaded as [`Loaded`]: a WASI 0.2
+//! A handler component is loaded as [`HandlerPre`]: a WASI 0.2
 //! `wasi:http/incoming-handler` or a WASI 0.3 `wasi:http/handler`. For each
 //! loaded component the server keeps one [`Generation`], the instances made
 //! from it, served by the executor of its WASI version:
@@ -26,14 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::{Request, Response};
-use wasmtime_wasi_http::handler::ProxyHandler;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p3::bindings::ServicePre;
 
 use crate::http::body::GuardedBody;
-use crate::http::p2::P2Pool;
-use crate::http::p3::P3State;
 use crate::http::slots::Slot;
 use crate::ops::metrics::Metrics;
 use crate::runtime::memory::MemoryBudget;
@@ -93,7 +90,7 @@ impl Reuse {
 
 /// A handler component, compiled and linked, ready to instantiate.
 #[derive(Clone)]
-pub enum Loaded {
+pub enum HandlerPre {
     /// Exports `wasi:http/incoming-handler@0.2.x`; runs on the engine of
     /// `engine` (the 0.3 one if it also imports WASI 0.3 interfaces).
     P2 {
@@ -104,19 +101,19 @@ pub enum Loaded {
     P3(ServicePre<HostState>),
 }
 
-impl Loaded {
+impl HandlerPre {
     /// The WASI version of the handler interface it exports.
     pub fn wasi(&self) -> Wasi {
         match self {
-            Loaded::P2 { .. } => Wasi::P2,
-            Loaded::P3(_) => Wasi::P3,
+            HandlerPre::P2 { .. } => Wasi::P2,
+            HandlerPre::P3(_) => Wasi::P3,
         }
     }
 }
 
 /// Compiles and checks a handler: it must export the standard
 /// `wasi:http/incoming-handler` of WASI 0.2 or `wasi:http/handler` of 0.3.
-pub fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<Loaded, LoadError> {
+pub fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<HandlerPre, LoadError> {
     let compiled = runtime.compile(path, Role::Handler, bytes)?;
     let incompatible = |missing, how, e: wasmtime::Error| LoadError::MissingExport {
         role: Role::Handler.name(),
@@ -127,7 +124,7 @@ pub fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<Loaded, L
     };
     match compiled.wasi {
         Wasi::P2 => ProxyPre::new(compiled.pre)
-            .map(|pre| Loaded::P2 {
+            .map(|pre| HandlerPre::P2 {
                 pre,
                 engine: Wasi::P2,
             })
@@ -139,10 +136,10 @@ pub fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<Loaded, L
                 )
             }),
         Wasi::P3 => match ServicePre::new(compiled.pre.clone()) {
-            Ok(pre) => Ok(Loaded::P3(pre)),
+            Ok(pre) => Ok(HandlerPre::P3(pre)),
             // A WASI 0.2 handler that imports a WASI 0.3 interface too.
             Err(e) => ProxyPre::new(compiled.pre)
-                .map(|pre| Loaded::P2 {
+                .map(|pre| HandlerPre::P2 {
                     pre,
                     engine: Wasi::P3,
                 })
@@ -187,51 +184,6 @@ pub struct InstanceSettings {
     pub max_idle: usize,
     pub request_timeout: Duration,
     pub metrics: Arc<Metrics>,
-}
-
-/// The instances of one loaded handler component.
-pub struct Generation {
-    /// The loaded component (with its digest) these instances come from;
-    /// compared by pointer to tell when it was replaced.
-    pub source: Arc<(Loaded, String)>,
-    pub serving: Serving,
-}
-
-/// How a generation's requests get their instances.
-pub enum Serving {
-    P2(Arc<P2Pool>),
-    P3(ProxyHandler<P3State>),
-}
-
-impl Generation {
-    /// The instances of `source`, none made yet.
-    pub fn new(source: Arc<(Loaded, String)>, settings: &InstanceSettings) -> Self {
-        let InstanceSettings {
-            runtime,
-            reuse,
-            max_idle,
-            ..
-        } = settings;
-        let serving = match &source.0 {
-            Loaded::P2 { pre, engine } => Serving::P2(Arc::new(P2Pool::new(
-                pre.clone(),
-                *engine,
-                reuse.max_requests(Wasi::P2),
-                *max_idle,
-                reuse.idle_timeout,
-                runtime.memory_budget().clone(),
-            ))),
-            Loaded::P3(pre) => Serving::P3(ProxyHandler::new(P3State::new(pre.clone(), settings))),
-        };
-        Self { source, serving }
-    }
-
-    /// Drops the instances that sat idle too long.
-    pub fn sweep(&self) {
-        if let Serving::P2(pool) = &self.serving {
-            pool.sweep();
-        }
-    }
 }
 
 /// Whether the memory budget is too full to keep instances idle: past half

@@ -13,6 +13,7 @@
 pub mod accept;
 pub mod admin;
 pub mod body;
+pub mod generation;
 pub mod handler;
 pub mod instances;
 pub mod p2;

@@ -205,12 +205,6 @@ pub struct Metrics {
     guest_memory_refused: Counter,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
     /// A registry with every pulse metric, all at zero.
     pub fn new() -> Self {

@@ -187,7 +187,7 @@ pub fn request_finished(span: &tracing::Span, component: &str, status: u16) {
 
 /// Records how a probe run ended on its span.
 pub fn probe_finished(span: &tracing::Span, run: ProbeRun<'_>) {
-    span.set_attribute("pulse.probe.outcome", run.outcome.as_str());
+    span.set_attribute("pulse.probe.outcome", run.outcome);
     span.set_attribute("pulse.probe.attempts", i64::from(run.attempts));
     if let Some(status) = run.status {
         span.set_attribute("http.response.status_code", i64::from(status));
@@ -204,7 +204,8 @@ pub fn probe_finished(span: &tracing::Span, run: ProbeRun<'_>) {
 /// What a probe run's span records of how it ended.
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeRun<'a> {
-    pub outcome: crate::ops::metrics::Outcome,
+    /// `healthy`, `unhealthy` or `error`.
+    pub outcome: &'static str,
     pub attempts: u32,
     pub status: Option<u16>,
     pub scheduled_for: Option<&'a str>,

@@ -144,7 +144,16 @@ pub struct Swappable<P> {
     path: PathBuf,
     role: Role,
     prepare: Prepare<P>,
-    current: ArcSwap<(P, String)>,
+    current: ArcSwap<Loaded<P>>,
+}
+
+/// One version of a component, prepared, with the digest of its file.
+#[derive(Debug)]
+pub struct Loaded<P> {
+    /// The component, prepared for its role.
+    pub prepared: P,
+    /// `sha256:` and the hex digest of the file it came from.
+    pub digest: String,
 }
 
 impl<P: Clone + Send + Sync + 'static> Swappable<P> {
@@ -164,18 +173,21 @@ impl<P: Clone + Send + Sync + 'static> Swappable<P> {
             path: path.to_owned(),
             role,
             prepare,
-            current: ArcSwap::from_pointee((pre, digest)),
+            current: ArcSwap::from_pointee(Loaded {
+                prepared: pre,
+                digest,
+            }),
         })
     }
 
     /// The component in use now.
     pub fn current(&self) -> P {
-        self.current.load().0.clone()
+        self.current.load().prepared.clone()
     }
 
     /// The component in use now with its digest, as one shared value: a
     /// caller that keeps state per component tells a swap by the pointer.
-    pub fn loaded(&self) -> Arc<(P, String)> {
+    pub fn loaded(&self) -> Arc<Loaded<P>> {
         self.current.load_full()
     }
 }
@@ -190,13 +202,15 @@ impl<P: Clone + Send + Sync + 'static> Reloadable for Swappable<P> {
     }
 
     fn digest(&self) -> String {
-        self.current.load().1.clone()
+        self.current.load().digest.clone()
     }
 
     fn replace(&self, files: Candidates) -> Result<PathBuf, LoadError> {
         let (pre, from) = prepare_best(&self.runtime, self.role, self.prepare, &files)?;
-        self.current
-            .store(Arc::new((pre, files.digest().to_owned())));
+        self.current.store(Arc::new(Loaded {
+            prepared: pre,
+            digest: files.digest().to_owned(),
+        }));
         Ok(from)
     }
 }

@@ -2,7 +2,7 @@
 //! read from a `PULSE_*` environment variable (handy in Kubernetes
 //! manifests). A setting that is not given is `None` here: its default,
 //! and whether `pulse.toml` may set it, are decided in one place, in
-//! [`crate::settings::config`]. Values with units parse as [`crate::settings::units`] says.
+//! [`crate::settings::merge`]. Values with units parse as [`crate::settings::units`] says.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! Settings: the command line and its `PULSE_*` environment variables
-//! ([`cli`]), `pulse.toml` and the merge of both with every default into
-//! checked, typed settings ([`config`]), and sizes and durations parsed
+//! ([`cli`]), `pulse.toml` as written ([`file`]), every default
+//! ([`defaults`]), and the merge of the three into checked, typed settings
+//! ([`merge`]: flag, then file, then default); sizes and durations parse
 //! alike from flags and TOML ([`units`]).
 //!
 //! Settings sit just below [`crate::app`], not at the bottom: they turn
@@ -10,5 +11,7 @@
 //! that a flag or a file key exists.
 
 pub mod cli;
-pub mod config;
+pub mod defaults;
+pub mod file;
+pub mod merge;
 pub mod units;

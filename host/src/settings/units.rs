@@ -22,13 +22,6 @@ pub struct Size(pub u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dur(pub Duration);
 
-impl Size {
-    /// The size in bytes, saturated to `usize`.
-    pub fn as_usize(self) -> usize {
-        usize::try_from(self.0).unwrap_or(usize::MAX)
-    }
-}
-
 impl FromStr for Size {
     type Err = String;
 

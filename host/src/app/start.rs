@@ -1,0 +1,203 @@
+//! What every command that loads components starts from: the engines
+//! sized for the handler, the metrics, the memory budget; checking and
+//! loading components; aiming probes; the admin port; watching files.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::http::admin::{self, Readiness};
+use crate::http::handler::{Handler, ServeOptions};
+use crate::ops::metrics::{Metrics, Port};
+use crate::probe::{ProbeComponent, Prober, Target};
+use crate::runtime::memory::{self, BudgetSource, MemoryBudget};
+use crate::runtime::reload::{self, Reloadable};
+use crate::runtime::{GuestLimits, Role, Runtime, Wasi};
+use crate::settings::cli::Cli;
+use crate::settings::defaults;
+use crate::settings::file::ConfigFile;
+use crate::settings::merge::{self, HandlerSettings, ProbeSettings};
+
+/// What every command that loads components starts from.
+///
+/// Each checks its components' files with [`Runtime::precheck`] before it
+/// binds any port, then binds the admin port, then compiles.
+pub struct Start {
+    pub runtime: Arc<Runtime>,
+    pub metrics: Arc<Metrics>,
+    file: ConfigFile,
+}
+
+impl Start {
+    /// The engines, sized for the `handler`'s concurrent requests (and as
+    /// many idle WASI 0.2 instances if it reuses them), and the metrics.
+    pub fn new(
+        cli: &Cli,
+        file: ConfigFile,
+        source: String,
+        handler: Option<&ServeOptions>,
+    ) -> anyhow::Result<Self> {
+        let global = merge::global(cli, &file);
+        let concurrency =
+            handler.map_or(0, |h| u32::try_from(h.max_concurrency).unwrap_or(u32::MAX));
+        let reuses_p2 = handler.is_some_and(|h| h.reuse.max_requests(Wasi::P2) > 1);
+        let max_memory = usize::try_from(global.max_memory).unwrap_or(usize::MAX);
+        let limits = GuestLimits::sized_for(max_memory, concurrency, reuses_p2);
+        let metrics = Arc::new(Metrics::new());
+        let (budget, budget_source) = match global.memory_budget {
+            Some(bytes) => (bytes, BudgetSource::Configured),
+            None => memory::default_budget(),
+        };
+        tracing::debug!(memory_budget = budget, source = ?budget_source, config = %source,
+            "guest memory budget");
+        let runtime = Arc::new(
+            Runtime::new(
+                limits,
+                global
+                    .cache_dir
+                    .as_deref()
+                    .map(|dir| (dir, global.cache_max_size)),
+                Arc::new(MemoryBudget::with_metrics(budget, &metrics)),
+            )
+            .context("cannot set up the WebAssembly engine")?,
+        );
+        Ok(Self {
+            runtime,
+            metrics,
+            file,
+        })
+    }
+
+    /// [`Runtime::precheck`] for each `(path, where it was given)`.
+    pub fn precheck(
+        &self,
+        components: &[(&std::path::PathBuf, &String)],
+        role: Role,
+    ) -> anyhow::Result<()> {
+        for (path, source) in components {
+            self.runtime
+                .precheck(path, role)
+                .with_context(|| format!("{source} {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// [`Start::precheck`] for every probe's component.
+    pub fn precheck_probes(&self, settings: &[ProbeSettings]) -> anyhow::Result<()> {
+        let components: Vec<_> = settings
+            .iter()
+            .map(|s| (&s.component, &s.component_source))
+            .collect();
+        self.precheck(&components, Role::Probe)
+    }
+
+    /// Loads the handler on a blocking thread, so that the admin port
+    /// answers while it compiles.
+    pub async fn load_handler(&self, settings: &HandlerSettings) -> anyhow::Result<Arc<Handler>> {
+        let (runtime, metrics) = (self.runtime.clone(), self.metrics.clone());
+        let (path, options) = (settings.component.clone(), settings.options.clone());
+        let handler =
+            tokio::task::spawn_blocking(move || Handler::new(runtime, &path, options, metrics))
+                .await
+                .context("the thread loading the handler panicked")?
+                .with_context(|| {
+                    format!(
+                        "{} {}",
+                        settings.component_source,
+                        settings.component.display()
+                    )
+                })?;
+        Ok(Arc::new(handler))
+    }
+
+    /// Loads each probe's component (once per file) on a blocking thread,
+    /// so that the admin port answers while they compile.
+    pub async fn load_probe_components(
+        &self,
+        settings: &[ProbeSettings],
+    ) -> anyhow::Result<Vec<ProbeComponent>> {
+        let wanted: Vec<(std::path::PathBuf, String)> = settings
+            .iter()
+            .map(|s| (s.component.clone(), s.component_source.clone()))
+            .collect();
+        let runtime = self.runtime.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut loaded: Vec<(&std::path::Path, ProbeComponent)> = Vec::new();
+            wanted
+                .iter()
+                .map(|(path, source)| {
+                    if let Some((_, component)) = loaded.iter().find(|(p, _)| p == path) {
+                        return Ok(component.clone());
+                    }
+                    let component = ProbeComponent::load(runtime.clone(), path)
+                        .with_context(|| format!("{source} {}", path.display()))?;
+                    loaded.push((path, component.clone()));
+                    Ok(component)
+                })
+                .collect()
+        })
+        .await
+        .context("the thread loading the probes panicked")?
+    }
+
+    /// Aims each loaded probe at its target; a probe without one gets
+    /// `default_target`, or the `api` Service.
+    pub fn aim(
+        &self,
+        settings: Vec<ProbeSettings>,
+        components: Vec<ProbeComponent>,
+        default_target: Option<Target>,
+    ) -> anyhow::Result<Vec<(Prober, ProbeSettings)>> {
+        settings
+            .into_iter()
+            .zip(components)
+            .map(|(settings, component)| {
+                let target = match (&settings.target, &default_target) {
+                    (Some(target), _) | (None, Some(target)) => target.clone(),
+                    (None, None) => Target::parse(defaults::TARGET).map_err(anyhow::Error::msg)?,
+                };
+                let prober = Prober::new(
+                    &settings.name,
+                    component,
+                    target,
+                    settings.options.clone(),
+                    self.metrics.clone(),
+                );
+                Ok((prober, settings))
+            })
+            .collect()
+    }
+
+    /// Starts reloading `components` when their files change (unless
+    /// `watch` is off) and on SIGHUP.
+    pub fn watch(&self, watch: bool, components: Vec<Arc<dyn Reloadable>>) -> anyhow::Result<()> {
+        reload::spawn(
+            components,
+            watch,
+            self.runtime.clone(),
+            self.metrics.clone(),
+        )
+    }
+
+    /// Binds the admin port (the flag's address, else the file's, else the
+    /// default) and serves /livez, /readyz and /metrics on it for as long
+    /// as the process runs. It binds before any component compiles, so
+    /// that the kubelet sees the process live while it does.
+    pub async fn admin(
+        &self,
+        flag: Option<SocketAddr>,
+        readiness: Readiness,
+    ) -> anyhow::Result<()> {
+        let address = merge::admin_listen(flag, &self.file);
+        let listener = super::bind(address, Port::Admin).await?;
+        let metrics = self.metrics.clone();
+        tokio::spawn(admin::serve(
+            listener,
+            readiness,
+            metrics,
+            std::future::pending(),
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! `pulse.toml` as written: one struct per table, every value already of
+//! its type, unknown keys refused. A bad value is reported with its file,
+//! line and key; what it means is [`crate::settings::merge`]'s business.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use serde::Deserialize;
+
+use crate::probe::Target;
+use crate::runtime::outbound::AllowRule;
+use crate::schedule::cron::{ConcurrencyPolicy, Expression, Zone};
+use crate::settings::units::{Dur, Size};
+
+// The values `pulse.toml` writes as strings, read through their `FromStr`
+// so that a bad one is reported with its line and key.
+crate::settings::units::deserialize_from_str!(
+    Target => "an http(s) URL such as \"http://api:3000/healthcheck\"",
+    AllowRule => "scheme://host:port, e.g. \"http://api:3000\"",
+    Expression => "a cron expression such as \"0 8 * * *\"",
+    Zone => "an IANA time zone such as \"Europe/Paris\"",
+    ConcurrencyPolicy => "Allow, Forbid or Replace",
+);
+
+/// `pulse.toml` as written, every value already of its type.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Linear memory cap per instance.
+    pub max_memory: Option<Size>,
+    /// Linear memory of all instances together.
+    pub memory_budget: Option<Size>,
+    /// Address of the admin endpoints.
+    pub admin_listen: Option<SocketAddr>,
+    /// Wasmtime's compilation cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// The compilation cache's soft size limit.
+    pub cache_max_size: Option<Size>,
+    /// Where schedule state is kept.
+    pub state_dir: Option<PathBuf>,
+    /// The HTTP handler and its limits.
+    pub handler: Option<HandlerSection>,
+    /// Any number of named probes.
+    #[serde(default, rename = "probe")]
+    pub probes: Vec<ProbeSection>,
+}
+
+/// `[handler]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerSection {
+    pub component: Option<PathBuf>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub listen: Option<SocketAddr>,
+    pub max_concurrency: Option<u32>,
+    pub max_instance_reuse: Option<u32>,
+    pub max_instance_concurrency: Option<u32>,
+    pub instance_idle_timeout: Option<Dur>,
+    pub request_timeout: Option<Dur>,
+    pub max_request_body: Option<Size>,
+    pub header_timeout: Option<Dur>,
+    pub body_grace: Option<Dur>,
+    pub min_body_rate: Option<Size>,
+    pub shutdown_grace: Option<Dur>,
+    pub allow_outbound: Option<Vec<AllowRule>>,
+}
+
+/// One `[[probe]]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSection {
+    pub name: String,
+    pub component: PathBuf,
+    pub env: Option<BTreeMap<String, String>>,
+    pub target: Option<Target>,
+    pub schedule: Option<Expression>,
+    pub time_zone: Option<Zone>,
+    pub timeout: Option<Dur>,
+    pub retries: Option<u32>,
+    pub retry_backoff: Option<Dur>,
+    pub allow_outbound: Option<Vec<AllowRule>>,
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+    pub starting_deadline_seconds: Option<u64>,
+    pub suspend: Option<bool>,
+    pub run_at_start: Option<bool>,
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`; the error names the file and, from the TOML
+    /// parser, the line and key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read --config {}: check the path (or PULSE_CONFIG)",
+                path.display()
+            )
+        })?;
+        Self::parse(&text).map_err(|e| anyhow!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// Parses the text of a `pulse.toml`.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+}

@@ -1,0 +1,371 @@
+//! The settings pulse runs with, merged in one place: for every setting, a
+//! flag (or its `PULSE_*` environment variable) wins over `pulse.toml`, and
+//! `pulse.toml` over the default in [`crate::settings::defaults`]. Each is one line of the
+//! form `flag.or(file).unwrap_or(DEFAULT)` below. Values are typed where
+//! they enter: clap names the flag of a bad value, the TOML parser the
+//! file, line and key; what is left to check here (a missing component, a
+//! duplicate probe name, a malformed `KEY=VALUE`) names the file and
+//! section or the flag. Nothing below this module knows flags or keys.
+//!
+//! ```toml
+//! max_memory = "128Mi"
+//! cache_dir = "/var/cache/pulse"
+//!
+//! [handler]
+//! component = "/components/health.wasm"
+//! listen = "0.0.0.0:3000"
+//! request_timeout = "30s"
+//!
+//! [[probe]]
+//! name = "api"
+//! component = "/components/probe.wasm"
+//! target = "http://api:3000/healthcheck"
+//! schedule = "0 8 * * *"
+//! time_zone = "Europe/Paris"
+//! concurrency_policy = "Forbid"
+//! starting_deadline_seconds = 300
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+
+use crate::http::handler::{Reuse, ServeOptions};
+use crate::http::pace::Pace;
+use crate::probe::{ProbeOptions, Target};
+use crate::runtime::outbound::AllowList;
+use crate::schedule::cron::{Expression, Policy, Schedule};
+use crate::settings::cli::{Cli, ProbeArgs, ProbeTuning, ServeArgs, WhenArgs};
+use crate::settings::defaults;
+use crate::settings::file::{ConfigFile, HandlerSection, ProbeSection};
+use crate::settings::units::{Dur, Size};
+
+/// The settings every command shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// Linear memory of one instance.
+    pub max_memory: u64,
+    /// Linear memory of all instances; `None`: derive it from the container.
+    pub memory_budget: Option<u64>,
+    /// Wasmtime's compilation cache.
+    pub cache_dir: Option<PathBuf>,
+    /// The compilation cache's soft size limit.
+    pub cache_max_size: u64,
+}
+
+/// The settings every command shares, from `cli` and `file`.
+pub fn global(cli: &Cli, file: &ConfigFile) -> Global {
+    Global {
+        max_memory: cli
+            .max_memory
+            .or(file.max_memory)
+            .map_or(defaults::MAX_MEMORY, |size| size.0),
+        memory_budget: cli.memory_budget.or(file.memory_budget).map(|size| size.0),
+        cache_dir: cli.cache_dir.clone().or_else(|| file.cache_dir.clone()),
+        cache_max_size: cli
+            .cache_max_size
+            .or(file.cache_max_size)
+            .map_or(defaults::CACHE_MAX_SIZE, |size| size.0),
+    }
+}
+
+/// Where schedule state is kept: `--state-dir`, else the file's, else
+/// nowhere (in memory).
+pub fn state_dir(when: &WhenArgs, file: &ConfigFile) -> Option<PathBuf> {
+    when.state_dir.clone().or_else(|| file.state_dir.clone())
+}
+
+/// The admin address: `--admin-listen`, else the file's, else
+/// [`default_admin_listen`].
+pub fn admin_listen(flag: Option<SocketAddr>, file: &ConfigFile) -> SocketAddr {
+    flag.or(file.admin_listen)
+        .unwrap_or_else(|| default_admin_listen(std::env::var_os(IN_KUBERNETES).is_some()))
+}
+
+/// Set by the kubelet in every container of a pod.
+const IN_KUBERNETES: &str = "KUBERNETES_SERVICE_HOST";
+
+/// The admin port's default address: what a pod needs and no wider. In a
+/// pod, every address of the pod's own network namespace (its IP, where the
+/// kubelet's probes and Prometheus come, and the loopback, where `kubectl
+/// port-forward` comes); elsewhere, where the machine's other interfaces
+/// may face any network, the loopback only.
+pub fn default_admin_listen(in_kubernetes: bool) -> SocketAddr {
+    let ip = if in_kubernetes {
+        std::net::Ipv4Addr::UNSPECIFIED
+    } else {
+        std::net::Ipv4Addr::LOCALHOST
+    };
+    SocketAddr::from((ip, defaults::ADMIN_PORT))
+}
+
+/// Everything `serve` (and the serving half of `run`) needs.
+#[derive(Debug)]
+pub struct HandlerSettings {
+    pub component: PathBuf,
+    /// Where the component's path was given, for error messages.
+    pub component_source: String,
+    pub listen: SocketAddr,
+    pub options: ServeOptions,
+}
+
+/// The handler settings from `args`, `--component-env` and the file's
+/// `[handler]` (read from `source`).
+pub fn handler(
+    args: &ServeArgs,
+    component_env: Option<&[String]>,
+    file: &ConfigFile,
+    source: &str,
+) -> anyhow::Result<HandlerSettings> {
+    let empty = HandlerSection::default();
+    let section = file.handler.as_ref().unwrap_or(&empty);
+    let (component, component_source) = match (&args.handler, &section.component) {
+        (Some(path), _) => (path.clone(), "--handler".to_owned()),
+        (None, Some(path)) => (path.clone(), format!("{source}: [handler] component")),
+        (None, None) => bail!(
+            "no handler component: give --handler FILE (or PULSE_HANDLER), or `component` under [handler] in the config file"
+        ),
+    };
+    let duration =
+        |flag: Option<Dur>, key: Option<Dur>, default| flag.or(key).map_or(default, |d| d.0);
+    let size =
+        |flag: Option<Size>, key: Option<Size>, default| flag.or(key).map_or(default, |s| s.0);
+    let max_concurrency = args
+        .max_concurrency
+        .or(section.max_concurrency)
+        .unwrap_or(defaults::MAX_CONCURRENCY);
+    if max_concurrency == 0 {
+        bail!("{source}: [handler] max_concurrency: must be at least 1");
+    }
+    let max_instance_reuse = args.max_instance_reuse.or(section.max_instance_reuse);
+    if max_instance_reuse == Some(0) {
+        bail!("{source}: [handler] max_instance_reuse: must be at least 1 (1 is a fresh instance per request)");
+    }
+    let reuse = Reuse {
+        max_requests_p2: max_instance_reuse.unwrap_or(defaults::INSTANCE_REUSE_P2),
+        max_requests_p3: max_instance_reuse.unwrap_or(defaults::INSTANCE_REUSE_P3),
+        max_concurrent: args
+            .max_instance_concurrency
+            .or(section.max_instance_concurrency)
+            .unwrap_or(defaults::INSTANCE_CONCURRENCY),
+        idle_timeout: duration(
+            args.instance_idle_timeout,
+            section.instance_idle_timeout,
+            defaults::INSTANCE_IDLE_TIMEOUT,
+        ),
+    };
+    if reuse.max_concurrent == 0 {
+        bail!("{source}: [handler] max_instance_concurrency: must be at least 1");
+    }
+    let allow_outbound = args
+        .handler_allow_outbound
+        .clone()
+        .or_else(|| section.allow_outbound.clone())
+        .unwrap_or_default();
+    let options = ServeOptions {
+        max_concurrency: max_concurrency as usize,
+        reuse,
+        request_timeout: duration(
+            args.request_timeout,
+            section.request_timeout,
+            defaults::REQUEST_TIMEOUT,
+        ),
+        max_request_body: size(
+            args.max_request_body,
+            section.max_request_body,
+            defaults::MAX_REQUEST_BODY,
+        ),
+        header_timeout: duration(
+            args.header_timeout,
+            section.header_timeout,
+            defaults::HEADER_TIMEOUT,
+        ),
+        body_pace: Pace {
+            grace: duration(args.body_grace, section.body_grace, defaults::BODY_GRACE),
+            min_rate: size(
+                args.min_body_rate,
+                section.min_body_rate,
+                defaults::MIN_BODY_RATE,
+            ),
+        },
+        shutdown_grace: duration(
+            args.shutdown_grace,
+            section.shutdown_grace,
+            defaults::SHUTDOWN_GRACE,
+        ),
+        outbound: Arc::new(AllowList::new(allow_outbound)),
+        env: component_environment(component_env, section.env.as_ref())?,
+    };
+    Ok(HandlerSettings {
+        component,
+        component_source,
+        listen: args.listen.or(section.listen).unwrap_or(defaults::LISTEN),
+        options,
+    })
+}
+
+/// The environment a component sees: the section's `env`, then the
+/// `--component-env` entries (which win for the same key).
+pub fn component_environment(
+    flag: Option<&[String]>,
+    section: Option<&BTreeMap<String, String>>,
+) -> anyhow::Result<Arc<Vec<(String, String)>>> {
+    let mut env: BTreeMap<String, String> = section.cloned().unwrap_or_default();
+    for entry in flag
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                env.insert(key.to_owned(), value.to_owned());
+            }
+            _ => bail!("invalid --component-env {entry:?}: write KEY=VALUE"),
+        }
+    }
+    Ok(Arc::new(env.into_iter().collect()))
+}
+
+/// One probe, ready to load and schedule.
+#[derive(Debug)]
+pub struct ProbeSettings {
+    pub name: String,
+    pub component: PathBuf,
+    /// Where the component's path was given, for error messages.
+    pub component_source: String,
+    /// `None` when neither flag nor file names one: the caller's default.
+    pub target: Option<Target>,
+    pub schedule: Schedule,
+    pub policy: Policy,
+    pub options: ProbeOptions,
+}
+
+/// The flag-side view of the probes.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeFlags<'a> {
+    pub component: Option<&'a PathBuf>,
+    pub component_env: Option<&'a [String]>,
+    pub target: Option<&'a Target>,
+    pub tuning: &'a ProbeTuning,
+    pub when: &'a WhenArgs,
+}
+
+impl<'a> ProbeFlags<'a> {
+    /// The flags of a command's probe and schedule sections.
+    pub fn new(cli: &'a Cli, probe: &'a ProbeArgs, when: &'a WhenArgs) -> Self {
+        Self {
+            component: probe.probe.as_ref(),
+            component_env: cli.component_env.as_deref(),
+            target: probe.target.as_ref(),
+            tuning: &probe.tuning,
+            when,
+        }
+    }
+}
+
+/// The probes: those of the file, with the flags given overriding their
+/// fields, or, when the file defines none, the one the flags describe.
+pub fn probes(
+    flags: ProbeFlags<'_>,
+    file: &ConfigFile,
+    source: &str,
+) -> anyhow::Result<Vec<ProbeSettings>> {
+    if file.probes.is_empty() {
+        let Some(component) = flags.component else {
+            bail!("no probe component: give --probe FILE (or PULSE_PROBE), or [[probe]] sections in the config file");
+        };
+        let section = ProbeSection {
+            name: defaults::PROBE_NAME.into(),
+            component: component.clone(),
+            ..ProbeSection::default()
+        };
+        return Ok(vec![probe(flags, &section, "the command line")?]);
+    }
+    let mut names = HashSet::new();
+    file.probes
+        .iter()
+        .map(|section| {
+            let where_ = format!("{source}: [[probe]] {:?}", section.name);
+            if section.name.trim().is_empty() {
+                bail!("{source}: every [[probe]] needs a non-empty name");
+            }
+            if !names.insert(section.name.as_str()) {
+                bail!("{where_}: the name is used by another probe; names must be unique");
+            }
+            probe(flags, section, &where_)
+        })
+        .collect()
+}
+
+fn probe(
+    flags: ProbeFlags<'_>,
+    section: &ProbeSection,
+    where_: &str,
+) -> anyhow::Result<ProbeSettings> {
+    let tuning = flags.tuning;
+    let when = flags.when;
+    let (component, component_source) = match flags.component {
+        Some(path) => (path.clone(), "--probe".to_owned()),
+        None => (section.component.clone(), format!("{where_}: component")),
+    };
+    let duration =
+        |flag: Option<Dur>, key: Option<Dur>, default| flag.or(key).map_or(default, |d| d.0);
+    let options = ProbeOptions {
+        timeout: duration(tuning.timeout, section.timeout, defaults::PROBE_TIMEOUT),
+        retries: tuning
+            .retries
+            .or(section.retries)
+            .unwrap_or(defaults::RETRIES),
+        retry_backoff: duration(
+            tuning.retry_backoff,
+            section.retry_backoff,
+            defaults::RETRY_BACKOFF,
+        ),
+        allow_outbound: tuning
+            .allow_outbound
+            .clone()
+            .or_else(|| section.allow_outbound.clone())
+            .unwrap_or_default(),
+        env: component_environment(flags.component_env, section.env.as_ref())?,
+    };
+    let expression = when
+        .schedule
+        .as_ref()
+        .or(section.schedule.as_ref())
+        .map_or(defaults::SCHEDULE, Expression::as_str);
+    let zone = when
+        .time_zone
+        .or(section.time_zone)
+        .map_or(chrono_tz::Tz::UTC, |z| z.0);
+    let schedule = Schedule::parse(expression, zone).map_err(|e| anyhow!("{where_}: {e}"))?;
+    let policy = Policy {
+        concurrency: when
+            .concurrency_policy
+            .or(section.concurrency_policy)
+            .unwrap_or_default(),
+        starting_deadline: when
+            .starting_deadline_seconds
+            .or(section.starting_deadline_seconds)
+            .map(Duration::from_secs),
+        suspend: when.suspend.or(section.suspend).unwrap_or(false),
+        run_at_start: when.run_at_start.or(section.run_at_start).unwrap_or(false),
+    };
+    Ok(ProbeSettings {
+        name: section.name.clone(),
+        component,
+        component_source,
+        target: flags.target.or(section.target.as_ref()).cloned(),
+        schedule,
+        policy,
+        options,
+    })
+}
+
+#[cfg(test)]
+#[path = "merge_tests.rs"]
+mod tests;

@@ -1,0 +1,502 @@
+//! The merge's unit tests: precedence, defaults and every bad-input error.
+
+use super::*;
+use crate::schedule::cron::ConcurrencyPolicy;
+use clap::Parser;
+use std::path::Path;
+
+use crate::settings::cli::Command;
+
+fn cli(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("pulse").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn file(text: &str) -> ConfigFile {
+    ConfigFile::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+/// The handler settings of `serve ARGS` with `toml` as the config file.
+fn serve(args: &[&str], toml: &str) -> HandlerSettings {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let cli = cli(&all);
+    let Command::Serve(serve) = &cli.command else {
+        panic!("not serve")
+    };
+    handler(
+        serve,
+        cli.component_env.as_deref(),
+        &file(toml),
+        "pulse.toml",
+    )
+    .unwrap()
+}
+
+/// The probes of `schedule ARGS` with `toml` as the config file.
+fn schedule(args: &[&str], toml: &str) -> Vec<ProbeSettings> {
+    let mut all = vec!["schedule"];
+    all.extend_from_slice(args);
+    let cli = cli(&all);
+    let Command::Schedule(schedule) = &cli.command else {
+        panic!("not schedule")
+    };
+    let flags = ProbeFlags::new(&cli, &schedule.probe, &schedule.when);
+    probes(flags, &file(toml), "pulse.toml").unwrap()
+}
+
+/// For one handler setting: the default with neither, the file's value
+/// over the default, and the flag's over the file's.
+fn handler_precedence<T: PartialEq + std::fmt::Debug>(
+    flag: &[&str],
+    key: &str,
+    read: impl Fn(&HandlerSettings) -> T,
+    default: T,
+    from_file: T,
+    from_flag: T,
+) {
+    let base = ["--handler", "h.wasm"];
+    let toml = format!("[handler]\n{key}\n");
+    assert_eq!(read(&serve(&base, "")), default, "default of {key}");
+    assert_eq!(read(&serve(&base, &toml)), from_file, "file sets {key}");
+    let mut args = base.to_vec();
+    args.extend_from_slice(flag);
+    assert_eq!(
+        read(&serve(&args, &toml)),
+        from_flag,
+        "flag beats file for {key}"
+    );
+}
+
+#[test]
+fn every_handler_setting_has_flag_over_file_over_default() {
+    let secs = Duration::from_secs;
+    handler_precedence(
+        &["--listen", "127.0.0.1:1"],
+        "listen = \"127.0.0.1:2\"",
+        |s| s.listen,
+        defaults::LISTEN,
+        "127.0.0.1:2".parse().unwrap(),
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    handler_precedence(
+        &["--max-concurrency", "3"],
+        "max_concurrency = 7",
+        |s| s.options.max_concurrency,
+        256,
+        7,
+        3,
+    );
+    handler_precedence(
+        &["--max-instance-reuse", "3"],
+        "max_instance_reuse = 7",
+        |s| {
+            (
+                s.options.reuse.max_requests_p2,
+                s.options.reuse.max_requests_p3,
+            )
+        },
+        (1, 128),
+        (7, 7),
+        (3, 3),
+    );
+    handler_precedence(
+        &["--max-instance-concurrency", "3"],
+        "max_instance_concurrency = 7",
+        |s| s.options.reuse.max_concurrent,
+        16,
+        7,
+        3,
+    );
+    handler_precedence(
+        &["--instance-idle-timeout", "3s"],
+        "instance_idle_timeout = \"7s\"",
+        |s| s.options.reuse.idle_timeout,
+        secs(10),
+        secs(7),
+        secs(3),
+    );
+    handler_precedence(
+        &["--request-timeout", "3s"],
+        "request_timeout = \"7s\"",
+        |s| s.options.request_timeout,
+        secs(30),
+        secs(7),
+        secs(3),
+    );
+    handler_precedence(
+        &["--max-request-body", "3Ki"],
+        "max_request_body = \"7Ki\"",
+        |s| s.options.max_request_body,
+        1 << 20,
+        7 << 10,
+        3 << 10,
+    );
+    handler_precedence(
+        &["--header-timeout", "3s"],
+        "header_timeout = 7",
+        |s| s.options.header_timeout,
+        secs(10),
+        secs(7),
+        secs(3),
+    );
+    handler_precedence(
+        &["--body-grace", "3s"],
+        "body_grace = \"7s\"",
+        |s| s.options.body_pace.grace,
+        secs(5),
+        secs(7),
+        secs(3),
+    );
+    handler_precedence(
+        &["--min-body-rate", "3"],
+        "min_body_rate = 7",
+        |s| s.options.body_pace.min_rate,
+        1024,
+        7,
+        3,
+    );
+    handler_precedence(
+        &["--shutdown-grace", "3s"],
+        "shutdown_grace = \"7s\"",
+        |s| s.options.shutdown_grace,
+        secs(20),
+        secs(7),
+        secs(3),
+    );
+    handler_precedence(
+        &["--handler-allow-outbound", "http://a:1"],
+        "allow_outbound = [\"http://b:2\"]",
+        |s| s.options.outbound.allows("http", "b", 2),
+        false,
+        true,
+        false,
+    );
+    handler_precedence(
+        &["--component-env", "A=flag"],
+        "env = { A = \"file\", B = \"file\" }",
+        |s| s.options.env.to_vec(),
+        vec![],
+        vec![("A".into(), "file".into()), ("B".into(), "file".into())],
+        vec![("A".into(), "flag".into()), ("B".into(), "file".into())],
+    );
+}
+
+#[test]
+fn the_handler_component_comes_from_the_flag_or_the_file() {
+    let from_flag = serve(
+        &["--handler", "a.wasm"],
+        "[handler]\ncomponent = \"b.wasm\"\n",
+    );
+    assert_eq!(
+        (
+            from_flag.component.as_path(),
+            from_flag.component_source.as_str()
+        ),
+        (Path::new("a.wasm"), "--handler")
+    );
+    let cli = cli(&["serve"]);
+    let Command::Serve(args) = &cli.command else {
+        panic!()
+    };
+    let from_file = handler(
+        args,
+        None,
+        &file("[handler]\ncomponent = \"b.wasm\"\n"),
+        "pulse.toml",
+    )
+    .unwrap();
+    assert_eq!(from_file.component, Path::new("b.wasm"));
+    assert_eq!(
+        from_file.component_source,
+        "pulse.toml: [handler] component"
+    );
+    let missing = handler(args, None, &file(""), "pulse.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("--handler"), "{missing}");
+}
+
+#[test]
+fn the_state_dir_has_flag_over_file_over_none() {
+    let state_dir_of = |args: &[&str], toml: &str| {
+        let mut all = vec!["schedule", "--probe", "p.wasm"];
+        all.extend_from_slice(args);
+        let cli = cli(&all);
+        let Command::Schedule(schedule) = &cli.command else {
+            panic!("not schedule")
+        };
+        state_dir(&schedule.when, &file(toml))
+    };
+    let toml = "state_dir = \"/file\"\n";
+    assert_eq!(state_dir_of(&[], ""), None);
+    assert_eq!(state_dir_of(&[], toml), Some("/file".into()));
+    assert_eq!(
+        state_dir_of(&["--state-dir", "/flag"], toml),
+        Some("/flag".into())
+    );
+}
+
+#[test]
+fn global_settings_have_flag_over_file_over_default() {
+    let toml = "max_memory = \"7Mi\"\nmemory_budget = \"70Mi\"\ncache_dir = \"/file\"\ncache_max_size = \"7Mi\"\nadmin_listen = \"127.0.0.1:7\"\n";
+    let none = global(&cli(&["next"]), &file(""));
+    assert_eq!(
+        none,
+        Global {
+            max_memory: 128 << 20,
+            memory_budget: None,
+            cache_dir: None,
+            cache_max_size: 256 << 20,
+        }
+    );
+    let from_file = global(&cli(&["next"]), &file(toml));
+    assert_eq!(
+        from_file,
+        Global {
+            max_memory: 7 << 20,
+            memory_budget: Some(70 << 20),
+            cache_dir: Some("/file".into()),
+            cache_max_size: 7 << 20,
+        }
+    );
+    let flags = cli(&[
+        "next",
+        "--max-memory",
+        "3Mi",
+        "--memory-budget",
+        "30Mi",
+        "--cache-dir",
+        "/flag",
+        "--cache-max-size",
+        "3Mi",
+    ]);
+    assert_eq!(
+        global(&flags, &file(toml)),
+        Global {
+            max_memory: 3 << 20,
+            memory_budget: Some(30 << 20),
+            cache_dir: Some("/flag".into()),
+            cache_max_size: 3 << 20,
+        }
+    );
+    assert_eq!(
+        admin_listen(None, &file(toml)),
+        "127.0.0.1:7".parse().unwrap()
+    );
+    assert_eq!(
+        admin_listen(Some("127.0.0.1:3".parse().unwrap()), &file(toml)),
+        "127.0.0.1:3".parse().unwrap()
+    );
+    assert_eq!(
+        default_admin_listen(false),
+        "127.0.0.1:9090".parse().unwrap()
+    );
+    assert_eq!(default_admin_listen(true), "0.0.0.0:9090".parse().unwrap());
+}
+
+/// For one probe setting: the default, the file's value, and the flag's
+/// over the file's.
+fn probe_precedence<T: PartialEq + std::fmt::Debug>(
+    flag: &[&str],
+    key: &str,
+    read: impl Fn(&ProbeSettings) -> T,
+    default: T,
+    from_file: T,
+    from_flag: T,
+) {
+    let flag_only = ["--probe", "p.wasm"];
+    assert_eq!(
+        read(&schedule(&flag_only, "")[0]),
+        default,
+        "default of {key}"
+    );
+    let toml = format!("[[probe]]\nname = \"a\"\ncomponent = \"p.wasm\"\n{key}\n");
+    assert_eq!(read(&schedule(&[], &toml)[0]), from_file, "file sets {key}");
+    assert_eq!(
+        read(&schedule(flag, &toml)[0]),
+        from_flag,
+        "flag beats file for {key}"
+    );
+}
+
+#[test]
+fn every_probe_setting_has_flag_over_file_over_default() {
+    let secs = Duration::from_secs;
+    probe_precedence(
+        &["--target", "http://flag/"],
+        "target = \"http://file/\"",
+        |p| p.target.as_ref().map(|t| t.as_str().to_owned()),
+        None,
+        Some("http://file/".into()),
+        Some("http://flag/".into()),
+    );
+    probe_precedence(
+        &["--timeout", "3s"],
+        "timeout = \"7s\"",
+        |p| p.options.timeout,
+        secs(10),
+        secs(7),
+        secs(3),
+    );
+    probe_precedence(
+        &["--retries", "3"],
+        "retries = 7",
+        |p| p.options.retries,
+        2,
+        7,
+        3,
+    );
+    probe_precedence(
+        &["--retry-backoff", "3s"],
+        "retry_backoff = \"7s\"",
+        |p| p.options.retry_backoff,
+        secs(1),
+        secs(7),
+        secs(3),
+    );
+    probe_precedence(
+        &["--allow-outbound", "http://a:1"],
+        "allow_outbound = [\"http://b:2\"]",
+        |p| p.options.allow_outbound.clone(),
+        vec![],
+        vec!["http://b:2".parse().unwrap()],
+        vec!["http://a:1".parse().unwrap()],
+    );
+    probe_precedence(
+        &["--schedule", "0 3 * * *"],
+        "schedule = \"0 7 * * *\"",
+        |p| p.schedule.expression().to_owned(),
+        "0 8 * * *".into(),
+        "0 7 * * *".into(),
+        "0 3 * * *".into(),
+    );
+    probe_precedence(
+        &["--time-zone", "Asia/Tokyo"],
+        "time_zone = \"Europe/Paris\"",
+        |p| p.schedule.zone(),
+        chrono_tz::Tz::UTC,
+        chrono_tz::Tz::Europe__Paris,
+        chrono_tz::Tz::Asia__Tokyo,
+    );
+    probe_precedence(
+        &["--concurrency-policy", "replace"],
+        "concurrency_policy = \"Allow\"",
+        |p| p.policy.concurrency,
+        ConcurrencyPolicy::Forbid,
+        ConcurrencyPolicy::Allow,
+        ConcurrencyPolicy::Replace,
+    );
+    probe_precedence(
+        &["--starting-deadline-seconds", "3"],
+        "starting_deadline_seconds = 7",
+        |p| p.policy.starting_deadline,
+        None,
+        Some(secs(7)),
+        Some(secs(3)),
+    );
+    probe_precedence(
+        &["--suspend=false"],
+        "suspend = true",
+        |p| p.policy.suspend,
+        false,
+        true,
+        false,
+    );
+    probe_precedence(
+        &["--run-at-start=false"],
+        "run_at_start = true",
+        |p| p.policy.run_at_start,
+        false,
+        true,
+        false,
+    );
+    probe_precedence(
+        &["--probe", "flag.wasm"],
+        "",
+        |p| p.component.clone(),
+        PathBuf::from("p.wasm"),
+        PathBuf::from("p.wasm"),
+        PathBuf::from("flag.wasm"),
+    );
+    probe_precedence(
+        &["--component-env", "A=flag"],
+        "env = { A = \"file\" }",
+        |p| p.options.env.to_vec(),
+        vec![],
+        vec![("A".into(), "file".into())],
+        vec![("A".into(), "flag".into())],
+    );
+}
+
+#[test]
+fn bare_boolean_flags_turn_on() {
+    let probes = schedule(&["--probe", "p.wasm", "--suspend", "--run-at-start"], "");
+    assert!(probes[0].policy.suspend && probes[0].policy.run_at_start);
+}
+
+#[test]
+fn bad_values_name_the_flag_or_the_line_and_key() {
+    let error = Cli::try_parse_from(["pulse", "serve", "--request-timeout", "soon"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("--request-timeout") && error.contains("not a duration"),
+        "{error}"
+    );
+    let error =
+        ConfigFile::parse("[handler]\nlisten = \"0.0.0.0:3000\"\nmax_request_body = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
+    assert!(
+        error.contains("line 3")
+            && error.contains("max_request_body")
+            && error.contains("not a size"),
+        "{error}"
+    );
+    let error = ConfigFile::parse(
+        "[[probe]]\nname = \"a\"\ncomponent = \"p\"\ntime_zone = \"Moon/Base\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("line 4") && error.contains("Moon/Base"),
+        "{error}"
+    );
+    let error = ConfigFile::parse(
+        "[[probe]]\nname = \"a\"\ncomponent = \"p\"\nschedule = \"0 25 * * *\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("line 4") && error.contains("invalid schedule"),
+        "{error}"
+    );
+}
+
+#[test]
+fn probe_names_must_be_unique_and_present() {
+    let cli = cli(&["schedule"]);
+    let Command::Schedule(args) = &cli.command else {
+        panic!()
+    };
+    let flags = ProbeFlags {
+        component: None,
+        component_env: None,
+        target: None,
+        tuning: &args.probe.tuning,
+        when: &args.when,
+    };
+    let twice = file(
+        "[[probe]]\nname = \"a\"\ncomponent = \"p\"\n[[probe]]\nname = \"a\"\ncomponent = \"p\"\n",
+    );
+    let error = probes(flags, &twice, "pulse.toml").unwrap_err().to_string();
+    assert!(
+        error.contains("unique") && error.contains("pulse.toml"),
+        "{error}"
+    );
+    let error = probes(flags, &file(""), "pulse.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("--probe"), "{error}");
+}
