@@ -293,18 +293,19 @@ where
 /// Binds `port` at `address`; an error names the flag and variable that
 /// choose another address.
 async fn bind(address: SocketAddr, port: Port) -> anyhow::Result<TcpListener> {
-    let (flag, env, what) = match port {
-        Port::Main => ("--listen", "PULSE_LISTEN", "listening"),
+    let (flag, env, event, what) = match port {
+        Port::Main => ("--listen", "PULSE_LISTEN", "listening", "listening"),
         Port::Admin => (
             "--admin-listen",
             "PULSE_ADMIN_LISTEN",
+            "admin_listening",
             "admin endpoints listening",
         ),
     };
     let listener = TcpListener::bind(address).await.with_context(|| {
         format!("cannot listen on {flag} {address}: is another process using that port? Choose another with {flag} or {env}")
     })?;
-    tracing::info!(address = %listener.local_addr()?, "{what}");
+    tracing::info!(event, address = %listener.local_addr()?, "{what}");
     Ok(listener)
 }
 

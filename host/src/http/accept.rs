@@ -179,6 +179,7 @@ pub(crate) async fn serve<S, F, B>(
     let grace = limits.shutdown_grace;
     if limits.port.announces_shutdown() {
         tracing::info!(
+            event = "shutting_down",
             grace_ms = grace.as_millis() as u64,
             "shutting down: no new connections, draining requests in flight"
         );

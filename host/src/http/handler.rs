@@ -314,6 +314,7 @@ impl Handler {
             }
             Executed::Failed(error) => {
                 tracing::error!(
+                    event = "handler_failed",
                     component = &*self.name,
                     error = format!("{error:#}"),
                     "handler component failed"
@@ -326,6 +327,7 @@ impl Handler {
             }
             Executed::PastDeadline => {
                 tracing::error!(
+                    event = "handler_timeout",
                     component = &*self.name,
                     timeout_ms = self.options.request_timeout.as_millis() as u64,
                     "handler component did not respond in time; stopped it"
@@ -363,6 +365,7 @@ fn log_instances(component: &str, reuse: &Reuse, wasi: Wasi) {
         Wasi::P3 => reuse.max_concurrent,
     };
     tracing::info!(
+        event = "handler_instances",
         component,
         wasi = wasi.version(),
         max_instance_reuse = reuse.max_requests(wasi),

@@ -236,7 +236,7 @@ impl Prober {
                 break attempt;
             }
             if let Some(error) = &attempt.error {
-                tracing::warn!(
+                tracing::warn!(event = "probe_retry",
                     attempt = attempts,
                     kind = error.kind.as_str(),
                     error = %error.message,

@@ -194,6 +194,7 @@ impl Runtime {
         let p3 = Flavor { engine: p3, linker };
         start_epoch_ticker(&[&p2.engine, &p3.engine])?;
         tracing::info!(
+            event = "engine_ready",
             instance_pool = limits.max_instances,
             instance_pool_wasi_0_3 = limits.max_instances_p3,
             max_memory = limits.max_memory,

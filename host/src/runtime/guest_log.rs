@@ -134,6 +134,7 @@ impl LineWriter {
         let span = self.log.span.get();
         let _in_span = span.enter();
         tracing::info!(
+            event = "guest_output",
             component,
             stream,
             line = text,

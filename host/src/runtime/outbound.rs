@@ -187,7 +187,7 @@ impl WasiHttpHooks for HttpHooks {
         let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
         if !self.allow.allows(&scheme, host, port) {
             let destination = format!("{scheme}://{host}:{port}");
-            tracing::warn!(
+            tracing::warn!(event = "outbound_denied",
                 component = &*self.component,
                 %destination,
                 allowed = self.allow.describe(),

@@ -110,19 +110,19 @@ fn prepare_best<P>(
     for (i, (path, file)) in files.0.iter().enumerate() {
         let started = std::time::Instant::now();
         if !precompiled::is_precompiled(&file.bytes) {
-            tracing::info!(role = role.name(), path = %path.display(), bytes = file.bytes.len(),
+            tracing::info!(event = "compiling", role = role.name(), path = %path.display(), bytes = file.bytes.len(),
                 "compiling the component; /livez answers meanwhile, /readyz once it is loaded");
         }
         match prepare(runtime, path, &file.bytes) {
             Ok(pre) => {
-                tracing::info!(role = role.name(), path = %path.display(), digest = %file.digest,
+                tracing::info!(event = "component_loaded", role = role.name(), path = %path.display(), digest = %file.digest,
                     precompiled = precompiled::is_precompiled(&file.bytes),
                     took_ms = started.elapsed().as_millis() as u64, "component loaded");
                 return Ok((pre, path.clone()));
             }
             Err(error) => {
                 if let Some((next, _)) = files.0.get(i + 1) {
-                    tracing::warn!(role = role.name(), path = %path.display(), reason = %error,
+                    tracing::warn!(event = "precompiled_fallback", role = role.name(), path = %path.display(), reason = %error,
                         instead = %next.display(), "cannot use this file; loading the one beside it");
                 }
                 last_error = Some(error);
@@ -455,7 +455,7 @@ fn spawn_sighup(triggers: mpsc::UnboundedSender<Trigger>) {
         Ok(mut hangups) => {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
-                    tracing::info!("received SIGHUP, reloading components");
+                    tracing::info!(event = "sighup", "received SIGHUP, reloading components");
                     if triggers.send(Trigger::Everything).is_err() {
                         return;
                     }

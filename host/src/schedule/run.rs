@@ -152,7 +152,7 @@ async fn keep(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown
     let Kept { prober, state } = kept;
     prober.restore(&state.snapshot().remembered(policy.suspend));
     let mut planner = Planner::new(schedule.clone(), &policy, state.resume_after(clock::now()));
-    tracing::info!(
+    tracing::info!(event = "scheduler_started",
         schedule = schedule.expression(),
         time_zone = %schedule.zone(),
         target = prober.target(),
@@ -187,7 +187,7 @@ async fn keep(kept: Kept, schedule: Schedule, policy: Policy, shutdown: Shutdown
                 state
                     .decided(at.with_timezone(&Utc), Decision::Missed)
                     .await;
-                tracing::warn!(
+                tracing::warn!(event = "missed", 
                     scheduled_for = rfc3339(&at),
                     missed = count,
                     starting_deadline_seconds = policy.starting_deadline.map(|d| d.as_secs()),
@@ -239,6 +239,7 @@ async fn fire(
             ConcurrencyPolicy::Forbid => {
                 state.decided(instant, Decision::Skipped).await;
                 tracing::warn!(
+                    event = "skipped",
                     scheduled_for = rfc3339(&at),
                     "skipped: the previous run is still going (concurrencyPolicy Forbid)"
                 );
@@ -246,6 +247,7 @@ async fn fire(
             }
             ConcurrencyPolicy::Replace => {
                 tracing::warn!(
+                    event = "replacing",
                     scheduled_for = rfc3339(&at),
                     cancelled = runs.len(),
                     "replacing the run still going (concurrencyPolicy Replace)"

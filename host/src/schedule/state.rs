@@ -185,7 +185,7 @@ impl ProbeState {
                 Record::fresh(name, schedule, now)
             }
             Ok(Some(record)) if !record.kept_for(schedule) => {
-                tracing::warn!(
+                tracing::warn!(event = "state_schedule_changed",
                     probe = name,
                     state_file = %file.display(),
                     was_schedule = record.schedule,
@@ -316,7 +316,7 @@ fn set_aside(name: &str, file: &Path, reason: &str, now: DateTime<Utc>) {
     aside.push(format!(".corrupt-{}", now.timestamp()));
     let aside = PathBuf::from(aside);
     match std::fs::rename(file, &aside) {
-        Ok(()) => tracing::error!(
+        Ok(()) => tracing::error!(event = "state_set_aside",
             probe = name,
             state_file = %file.display(),
             moved_to = %aside.display(),

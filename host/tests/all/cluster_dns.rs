@@ -163,25 +163,25 @@ impl Cluster {
             .expect("start dnsmasq");
         self.dnsmasq = Some(child);
         // Ready once it answers from inside the probe pod.
-        for _ in 0..100 {
-            let ok = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.ns("probe"),
-                    "getent",
-                    "hosts",
-                    "api.default.svc.cluster.local",
-                ])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("dnsmasq did not start answering in the dns pod");
+        common::eventually_blocking(
+            Duration::from_secs(5),
+            || {
+                Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &self.ns("probe"),
+                        "getent",
+                        "hosts",
+                        "api.default.svc.cluster.local",
+                    ])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+                    .then_some(())
+            },
+            || "dnsmasq answering in the dns pod".into(),
+        );
     }
 
     /// `pulse serve` with the health component in the api pod, on :3000,

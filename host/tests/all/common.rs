@@ -20,6 +20,76 @@ use tokio::process::{Child, Command};
 /// How long any single wait in a test may take before it fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// How often a test looks again at the state it waits on.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// Waits until `look` finds what the test waits for, looking every
+/// [`POLL`], for at most `patience`; then fails, saying what was awaited
+/// and, from `seen`, what there was instead. This is the one place tests
+/// wait for state to change: no test sleeps to synchronise.
+pub async fn eventually<T, F, Fut>(patience: Duration, mut look: F, seen: impl Fn() -> String) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(found) = look().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {patience:?}: {}",
+            seen()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`eventually`] for tests that run outside the async runtime.
+pub fn eventually_blocking<T>(
+    patience: Duration,
+    mut look: impl FnMut() -> Option<T>,
+    seen: impl Fn() -> String,
+) -> T {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        if let Some(found) = look() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {patience:?}: {}",
+            seen()
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `pulse_http_requests_in_flight` on the admin port `admin`
+/// is at least `count`: that many requests hold a slot, in the guest.
+pub async fn wait_in_flight(admin: SocketAddr, count: u64) {
+    eventually(
+        PATIENCE,
+        || async move {
+            let (_, _, body) = http(admin, Method::GET, "/metrics").await;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            let in_flight = text
+                .lines()
+                .find_map(|l| l.strip_prefix("pulse_http_requests_in_flight "))
+                .and_then(|v| v.trim().parse::<u64>().ok())?;
+            (in_flight >= count).then_some(())
+        },
+        || format!("{count} requests in flight"),
+    )
+    .await
+}
+
+/// Lines collected from a stream, as one text.
+fn joined(lines: &Mutex<Vec<String>>) -> String {
+    lines.lock().unwrap().join("\n")
+}
+
 /// The `pulse` binary cargo built for these tests.
 pub fn pulse_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pulse"))
@@ -144,7 +214,7 @@ impl Pulse {
     /// Waits for the "listening" log line and returns the bound address.
     pub async fn listening_addr(&mut self) -> SocketAddr {
         let line = self
-            .wait_for_stderr(|log| log["message"] == "listening")
+            .wait_for_stderr(|log| log["event"] == "listening")
             .await;
         line["address"].as_str().unwrap().parse().unwrap()
     }
@@ -152,7 +222,7 @@ impl Pulse {
     /// Waits for the admin endpoints' log line and returns their address.
     pub async fn admin_addr(&mut self) -> SocketAddr {
         let line = self
-            .wait_for_stderr(|log| log["message"] == "admin endpoints listening")
+            .wait_for_stderr(|log| log["event"] == "admin_listening")
             .await;
         line["address"].as_str().unwrap().parse().unwrap()
     }
@@ -184,43 +254,47 @@ impl Pulse {
             .unwrap()
     }
 
-    /// Waits for a JSON diagnostic line on stderr that `matches`.
+    /// Waits for a JSON diagnostic line on stderr that `matches`. A
+    /// process that has exited gets a moment for its last lines to be
+    /// read, then the wait fails.
     pub async fn wait_for_stderr(&mut self, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let found = self
-                .stderr
+        let stderr = self.stderr.clone();
+        let child = &mut self.child;
+        let mut exited: Option<(tokio::time::Instant, ExitStatus)> = None;
+        let find = || {
+            stderr
                 .lock()
                 .unwrap()
                 .iter()
                 .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .find(|log| matches(log));
-            if let Some(log) = found {
-                return log;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                panic!(
-                    "pulse exited ({status}) before logging what the test waited for; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for a log line; stderr so far:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .find(|log| matches(log))
+        };
+        eventually(
+            PATIENCE,
+            || {
+                let found = find();
+                if found.is_none() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        let (at, status) = *exited.get_or_insert((tokio::time::Instant::now(), status));
+                        assert!(
+                            at.elapsed() < Duration::from_millis(500),
+                            "pulse exited ({status}) before logging what the test waited for; stderr:\n{}",
+                            stderr.lock().unwrap().join("\n")
+                        );
+                    }
+                }
+                std::future::ready(found)
+            },
+            || format!("a log line; stderr so far:\n{}", joined(&stderr)),
+        )
+        .await
     }
 
     /// Waits until stdout holds at least `count` probe lines, and returns
     /// them parsed.
     pub async fn probe_lines(&mut self, count: usize, patience: Duration) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            let lines: Vec<Value> = self
-                .stdout
+        let parsed = || -> Vec<Value> {
+            self.stdout
                 .lock()
                 .unwrap()
                 .iter()
@@ -228,18 +302,47 @@ impl Pulse {
                     serde_json::from_str(line)
                         .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"))
                 })
-                .collect();
-            if lines.len() >= count {
-                return lines;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {count} probe lines, got {}: {lines:?}\nstderr:\n{}",
-                lines.len(),
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+                .collect()
+        };
+        eventually(
+            patience,
+            || {
+                let lines = parsed();
+                std::future::ready((lines.len() >= count).then_some(lines))
+            },
+            || {
+                format!(
+                    "{count} probe lines, got {:?}\nstderr:\n{}",
+                    parsed(),
+                    self.stderr()
+                )
+            },
+        )
+        .await
+    }
+
+    /// Waits, at most `patience`, for a probe line on stdout that
+    /// `matches`, and returns it.
+    pub async fn wait_for_probe_line(
+        &mut self,
+        patience: Duration,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let stdout = self.stdout.clone();
+        eventually(
+            patience,
+            || {
+                let found = stdout
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .find(|line| matches(line));
+                std::future::ready(found)
+            },
+            || format!("a probe line; stdout so far:\n{}", joined(&stdout)),
+        )
+        .await
     }
 
     /// Sends SIGTERM, as Kubernetes does, and waits for the exit.
@@ -476,9 +579,9 @@ pub async fn closed_port() -> SocketAddr {
 }
 
 /// Samples of an OpenMetrics text, read by the `prometheus_client` Python
-/// package's parser: `None` (and a note) where it is not installed, which
-/// CI does not allow.
-pub fn parse_openmetrics(text: &str) -> Option<Vec<Value>> {
+/// package's parser. Without that package the test fails, saying how to
+/// install it (`just setup-test` does).
+pub fn parse_openmetrics(text: &str) -> Vec<Value> {
     let script = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -492,14 +595,11 @@ print(json.dumps(samples))
         .args(["-c", "import prometheus_client"])
         .status()
         .is_ok_and(|s| s.success());
-    if !available {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "python3 with prometheus_client is needed under CI (pip install prometheus-client)"
-        );
-        eprintln!("SKIPPED metrics parsing: pip install prometheus-client to run it");
-        return None;
-    }
+    assert!(
+        available,
+        "python3 with prometheus_client is needed to read /metrics as OpenMetrics: \
+         pip install prometheus-client (just setup-test installs it)"
+    );
     use std::io::Write;
     let mut child = std::process::Command::new("python3")
         .args(["-c", script])
@@ -520,5 +620,5 @@ print(json.dumps(samples))
         "the metrics are not valid OpenMetrics: {}\n{text}",
         String::from_utf8_lossy(&output.stderr)
     );
-    Some(serde_json::from_slice(&output.stdout).unwrap())
+    serde_json::from_slice(&output.stdout).unwrap()
 }

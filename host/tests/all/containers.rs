@@ -12,7 +12,9 @@
 //! where it must run.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use crate::common;
+use std::time::Duration;
 
 fn engine() -> Option<&'static str> {
     ["podman", "docker"].into_iter().find(|tool| {
@@ -70,18 +72,16 @@ fn logs(engine: &str, container: &str) -> String {
 }
 
 fn wait_for_log(engine: &str, container: &str, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = logs(engine, container);
-        if text.contains(needle) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "container {container} never logged {needle:?}; logs:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::eventually_blocking(
+        Duration::from_secs(60),
+        || Some(logs(engine, container)).filter(|text| text.contains(needle)),
+        || {
+            format!(
+                "container {container} logging {needle:?}; logs:\n{}",
+                logs(engine, container)
+            )
+        },
+    )
 }
 
 /// What the container tests need: the engine and the images.
@@ -236,7 +236,7 @@ fn api_and_probe(images: &Images, name: &str, component_image: Option<&str>) -> 
 fn loaded_line(logs: &str) -> serde_json::Value {
     logs.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["message"] == "component loaded")
+        .find(|l| l["event"] == "component_loaded")
         .unwrap_or_else(|| panic!("no component loaded line in:\n{logs}"))
 }
 

@@ -80,7 +80,7 @@ async fn a_firing_due_while_down_runs_late_once_and_never_twice() {
     for clock in ["2026-05-01T08:00:20Z", "2026-05-01T08:00:30Z"] {
         let mut pulse = start(clock, &dir, &target.url(), &deadline);
         let started = pulse
-            .wait_for_stderr(|l| l["message"] == "scheduler started")
+            .wait_for_stderr(|l| l["event"] == "scheduler_started")
             .await;
         assert_eq!(started["first_firing"], "2026-05-02T08:00:00.000Z");
         let admin = pulse.admin_addr().await;
@@ -90,49 +90,47 @@ async fn a_firing_due_while_down_runs_late_once_and_never_twice() {
         // What the state remembers is on /metrics, and every outcome
         // series exists from the start.
         let (_, _, body) = http(admin, Method::GET, "/metrics").await;
-        if let Some(samples) = common::parse_openmetrics(&String::from_utf8_lossy(&body)) {
-            let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
-                samples.iter().find_map(|s| {
-                    let matches =
-                        s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v);
-                    matches.then(|| s["value"].as_f64().unwrap())
-                })
-            };
-            let success_at = chrono::DateTime::parse_from_rfc3339(
-                state["last_successful_time"].as_str().unwrap(),
-            )
-            .unwrap()
-            .timestamp_millis() as f64
+        let samples = common::parse_openmetrics(&String::from_utf8_lossy(&body));
+        let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+            samples.iter().find_map(|s| {
+                let matches =
+                    s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v);
+                matches.then(|| s["value"].as_f64().unwrap())
+            })
+        };
+        let success_at =
+            chrono::DateTime::parse_from_rfc3339(state["last_successful_time"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis() as f64
                 / 1000.0;
+        assert_eq!(
+            value(
+                "pulse_probe_last_success_timestamp_seconds",
+                &[("probe", "probe")]
+            ),
+            Some(success_at)
+        );
+        assert_eq!(
+            value("pulse_probe_success", &[("probe", "probe")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(
+                "pulse_probe_tracked_since_timestamp_seconds",
+                &[("probe", "probe")]
+            ),
+            Some(1_775_001_600.0),
+            "2026-04-01T00:00:00Z"
+        );
+        for outcome in ["healthy", "unhealthy", "error"] {
             assert_eq!(
                 value(
-                    "pulse_probe_last_success_timestamp_seconds",
-                    &[("probe", "probe")]
+                    "pulse_probe_runs_total",
+                    &[("probe", "probe"), ("outcome", outcome)]
                 ),
-                Some(success_at)
+                Some(0.0),
+                "{outcome}"
             );
-            assert_eq!(
-                value("pulse_probe_success", &[("probe", "probe")]),
-                Some(1.0)
-            );
-            assert_eq!(
-                value(
-                    "pulse_probe_tracked_since_timestamp_seconds",
-                    &[("probe", "probe")]
-                ),
-                Some(1_775_001_600.0),
-                "2026-04-01T00:00:00Z"
-            );
-            for outcome in ["healthy", "unhealthy", "error"] {
-                assert_eq!(
-                    value(
-                        "pulse_probe_runs_total",
-                        &[("probe", "probe"), ("outcome", outcome)]
-                    ),
-                    Some(0.0),
-                    "{outcome}"
-                );
-            }
         }
         assert!(pulse.terminate().await.success());
     }
@@ -151,16 +149,10 @@ async fn a_firing_past_its_starting_deadline_is_logged_missed_and_not_run() {
         &target.url(),
         &["--starting-deadline-seconds", "300"],
     );
-    let missed = pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("missed:"))
-        })
-        .await;
+    let missed = pulse.wait_for_stderr(|l| l["event"] == "missed").await;
     assert_eq!(missed["scheduled_for"], "2026-05-01T08:00:00.000Z");
     let started = pulse
-        .wait_for_stderr(|l| l["message"] == "scheduler started")
+        .wait_for_stderr(|l| l["event"] == "scheduler_started")
         .await;
     assert_eq!(started["first_firing"], "2026-05-01T08:00:00.000Z");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -180,11 +172,7 @@ async fn a_corrupt_state_file_is_set_aside_and_scheduling_goes_on() {
     std::fs::write(dir.join("probe.json"), b"{\"version\": 1, \"probe\": tru").unwrap();
     let mut pulse = start("2026-05-01T07:59:58Z", &dir, &target.url(), &[]);
     let aside = pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("unusable schedule state set aside"))
-        })
+        .wait_for_stderr(|l| l["event"] == "state_set_aside")
         .await;
     assert_eq!(aside["level"], "ERROR");
     let moved_to = PathBuf::from(aside["moved_to"].as_str().unwrap());
@@ -213,16 +201,12 @@ async fn a_changed_schedule_starts_afresh_and_says_so() {
         &["--time-zone", "Europe/Paris"],
     );
     let changed = pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("the schedule changed"))
-        })
+        .wait_for_stderr(|l| l["event"] == "state_schedule_changed")
         .await;
     assert_eq!(changed["was_time_zone"], "UTC");
     assert_eq!(changed["time_zone"], "Europe/Paris");
     let started = pulse
-        .wait_for_stderr(|l| l["message"] == "scheduler started")
+        .wait_for_stderr(|l| l["event"] == "scheduler_started")
         .await;
     assert_eq!(started["first_firing"], "2026-05-02T08:00:00.000+02:00");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -273,14 +257,12 @@ async fn a_crash_during_a_run_does_not_make_it_run_again() {
     let target = format!("http://{silent}/healthcheck");
     let patient = ["--timeout", "30s"];
     let mut pulse = start("2026-05-01T08:00:02Z", &dir, &target, &patient);
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    while accepted.load(Ordering::SeqCst) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::eventually(
+        common::PATIENCE,
+        || std::future::ready((accepted.load(Ordering::SeqCst) > 0).then_some(())),
+        || "the run connecting to its target".into(),
+    )
+    .await;
     // The run is in flight: kill pulse as an OOM kill or a node failure
     // would, with no chance to clean up.
     pulse.signal("KILL");
@@ -289,7 +271,7 @@ async fn a_crash_during_a_run_does_not_make_it_run_again() {
 
     let mut again = start("2026-05-01T08:00:10Z", &dir, &target, &patient);
     let started = again
-        .wait_for_stderr(|l| l["message"] == "scheduler started")
+        .wait_for_stderr(|l| l["event"] == "scheduler_started")
         .await;
     assert_eq!(started["first_firing"], "2026-05-02T08:00:00.000Z");
     tokio::time::sleep(Duration::from_secs(2)).await;

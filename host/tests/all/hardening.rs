@@ -56,7 +56,7 @@ async fn trap_is_a_500_with_a_request_id_and_the_trap_in_the_log() {
     let id = headers["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(json(&body)["request_id"], id.as_str());
     let log = pulse
-        .wait_for_stderr(|l| l["message"] == "handler component failed")
+        .wait_for_stderr(|l| l["event"] == "handler_failed")
         .await;
     assert_eq!(log["request_id"], id.as_str());
     assert!(
@@ -67,7 +67,7 @@ async fn trap_is_a_500_with_a_request_id_and_the_trap_in_the_log() {
     // same request id.
     let printed = pulse
         .wait_for_stderr(|l| {
-            l["message"] == "guest output"
+            l["event"] == "guest_output"
                 && l["line"]
                     .as_str()
                     .is_some_and(|m| m.contains("trapped on purpose"))
@@ -91,7 +91,7 @@ async fn memory_hog_is_stopped_at_the_memory_cap_and_memory_stays_bounded() {
         peak >> 20
     );
     pulse
-        .wait_for_stderr(|l| l["message"] == "handler component failed" && l["path"] == "/grow")
+        .wait_for_stderr(|l| l["event"] == "handler_failed" && l["path"] == "/grow")
         .await;
     assert_still_serving(addr).await;
 }
@@ -108,9 +108,10 @@ async fn the_memory_cap_is_configurable() {
 
 #[tokio::test]
 async fn at_the_concurrency_cap_the_next_request_gets_503_at_once() {
-    let (_pulse, addr) = serve_faulty(&["--max-concurrency", "1"]).await;
+    let (mut pulse, addr) = serve_faulty(&["--max-concurrency", "1"]).await;
+    let admin = pulse.admin_addr().await;
     let slow = tokio::spawn(async move { http(addr, Method::GET, "/sleep?ms=1500").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_in_flight(admin, 1).await;
     let started = Instant::now();
     let (status, headers, body) = http(addr, Method::GET, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -211,15 +212,11 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_0() {
     let (mut pulse, addr) = serve_faulty(&["--shutdown-grace", "10s"]).await;
     let admin = pulse.admin_addr().await;
     let slow = tokio::spawn(async move { http(addr, Method::GET, "/sleep?ms=2000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_in_flight(admin, 1).await;
     let started = Instant::now();
     pulse.signal("TERM");
     pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("shutting down"))
-        })
+        .wait_for_stderr(|l| l["event"] == "shutting_down")
         .await;
     let (status, _, body) = http(admin, Method::GET, "/readyz").await;
     assert_eq!(
@@ -246,15 +243,12 @@ async fn sigterm_lets_a_slow_request_finish_refuses_new_ones_and_exits_0() {
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
     let (mut pulse, addr) = serve_faulty(&["--shutdown-grace", "20s"]).await;
+    let admin = pulse.admin_addr().await;
     let _slow = tokio::spawn(async move { http(addr, Method::GET, "/sleep?ms=15000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_in_flight(admin, 1).await;
     pulse.signal("TERM");
     pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("shutting down"))
-        })
+        .wait_for_stderr(|l| l["event"] == "shutting_down")
         .await;
     pulse.signal("TERM");
     let exit = pulse.wait_exit(Duration::from_secs(5)).await;
@@ -267,16 +261,16 @@ async fn guest_output_goes_to_the_log_tagged_and_bounded() {
     let (status, _, _) = http(addr, Method::GET, "/print").await;
     assert_eq!(status, StatusCode::OK);
     let line = pulse
-        .wait_for_stderr(|l| l["message"] == "guest output" && l["line"] == "hello from stdout")
+        .wait_for_stderr(|l| l["event"] == "guest_output" && l["line"] == "hello from stdout")
         .await;
     assert_eq!(line["component"], "faulty");
     assert_eq!(line["stream"], "stdout");
     let line = pulse
-        .wait_for_stderr(|l| l["message"] == "guest output" && l["stream"] == "stderr")
+        .wait_for_stderr(|l| l["event"] == "guest_output" && l["stream"] == "stderr")
         .await;
     assert_eq!(line["line"], "hello from stderr");
     let long = pulse
-        .wait_for_stderr(|l| l["message"] == "guest output" && l.get("truncated_bytes").is_some())
+        .wait_for_stderr(|l| l["event"] == "guest_output" && l.get("truncated_bytes").is_some())
         .await;
     assert_eq!(long["line"].as_str().unwrap().len(), 4096);
     assert_eq!(long["truncated_bytes"], 100_000 - 4096);
@@ -296,11 +290,7 @@ async fn handler_has_no_outbound_http_unless_allowed() {
         "nothing was sent"
     );
     let log = pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("outbound request denied"))
-        })
+        .wait_for_stderr(|l| l["event"] == "outbound_denied")
         .await;
     assert_eq!(log["destination"], format!("http://{}", target.addr));
 

@@ -66,7 +66,7 @@ async fn a_wasi_0_3_handler_answers_as_the_wasi_0_2_one_does() {
     assert_eq!(headers["allow"], "GET, HEAD");
 
     let log = pulse
-        .wait_for_stderr(|l| l["message"] == "handler instances")
+        .wait_for_stderr(|l| l["event"] == "handler_instances")
         .await;
     assert_eq!(log["wasi"], "0.3", "{log}");
     assert_eq!(log["max_instance_reuse"], 128, "{log}");
@@ -139,10 +139,11 @@ async fn each_wasi_0_3_misdeed_gets_its_answer_and_other_instances_go_on() {
         ],
     )
     .await;
+    let admin = pulse.admin_addr().await;
     let sleepers: Vec<_> = (0..3)
         .map(|_| tokio::spawn(timed(addr, "/sleep?ms=1500")))
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    common::wait_in_flight(admin, 3).await;
     let misdeeds: Vec<_> = ["/trap", "/spin", "/grow", "/never"]
         .into_iter()
         .map(|path| (path, tokio::spawn(timed(addr, path))))
@@ -176,16 +177,14 @@ async fn each_wasi_0_3_misdeed_gets_its_answer_and_other_instances_go_on() {
     let (status, _, _) = http(addr, Method::GET, "/").await;
     assert_eq!(status, StatusCode::OK, "pulse keeps serving");
     let log = pulse
-        .wait_for_stderr(|l| {
-            l["message"] == "handler component did not respond in time; stopped it"
-        })
+        .wait_for_stderr(|l| l["event"] == "handler_timeout")
         .await;
     assert!(log["path"] == "/spin" || log["path"] == "/never", "{log}");
 }
 
 #[tokio::test]
 async fn a_wasi_0_3_instance_is_reused_and_never_again_after_a_trap_or_a_timeout() {
-    let (_pulse, addr) = serve_with(
+    let (mut pulse, addr) = serve_with(
         &component("faulty-p3"),
         &["--request-timeout", "1s", "--max-instance-reuse", "4"],
     )
@@ -203,8 +202,9 @@ async fn a_wasi_0_3_instance_is_reused_and_never_again_after_a_trap_or_a_timeout
     // A request in flight on the instance that starts spinning is answered
     // too (the instance is stopped under it), and the spin gets its 504 on
     // time.
+    let admin = pulse.admin_addr().await;
     let sharing = tokio::spawn(timed(addr, "/sleep?ms=300"));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    common::wait_in_flight(admin, 1).await;
     let (status, _, took) = timed(addr, "/spin").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert!(
@@ -282,7 +282,7 @@ async fn idle_instances_are_dropped_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_wasi_0_3_handler_has_the_same_limits() {
-    let (_pulse, addr) = serve_with(
+    let (mut pulse, addr) = serve_with(
         &component("faulty-p3"),
         &["--max-concurrency", "1", "--max-request-body", "1Ki"],
     )
@@ -301,8 +301,9 @@ async fn a_wasi_0_3_handler_has_the_same_limits() {
     );
 
     // The one slot is held until the slow answer is done.
+    let admin = pulse.admin_addr().await;
     let slow = tokio::spawn(timed(addr, "/sleep?ms=800"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::wait_in_flight(admin, 1).await;
     let (status, headers, _) = http(addr, Method::GET, "/").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "1");

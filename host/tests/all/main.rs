@@ -20,5 +20,4 @@ mod probe_once;
 mod reload;
 mod scheduled;
 mod serve;
-mod starvation;
 mod traces;

@@ -30,7 +30,7 @@ async fn trapping_handler_gets_500_and_the_server_goes_on() {
     let json: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(json["error"], "the handler component failed");
     let log = pulse
-        .wait_for_stderr(|l| l["message"] == "handler component failed")
+        .wait_for_stderr(|l| l["event"] == "handler_failed")
         .await;
     assert_eq!(log["path"], "/trap");
     assert!(log["error"].as_str().unwrap().contains("trapped"), "{log}");
@@ -43,7 +43,7 @@ async fn handler_that_never_sets_a_response_gets_500() {
     let (status, _, _) = http(addr, Method::GET, "/silent").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     let log = pulse
-        .wait_for_stderr(|l| l["message"] == "handler component failed")
+        .wait_for_stderr(|l| l["event"] == "handler_failed")
         .await;
     assert!(
         log["error"]
@@ -69,11 +69,7 @@ async fn spinning_handler_is_stopped_at_the_request_timeout() {
         "the handler component did not respond in time"
     );
     pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("did not respond in time"))
-        })
+        .wait_for_stderr(|l| l["event"] == "handler_timeout")
         .await;
     assert_still_serving(addr).await;
 }

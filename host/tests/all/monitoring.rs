@@ -3,10 +3,10 @@
 //! scrapes a real `pulse run` whose probe target refuses connections, and
 //! the alert `PulseProbeFailed` is read firing from Prometheus's HTTP API.
 
+use crate::common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use serde_json::Value;
@@ -95,23 +95,23 @@ impl Prometheus {
     }
 
     async fn ready(&mut self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("prometheus exited: {status}");
-            }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                let (status, _, _) = http(self.addr, Method::GET, "/-/ready").await;
-                if status == StatusCode::OK {
-                    return;
+        let addr = self.addr;
+        let child = &mut self.child;
+        common::eventually(
+            PATIENCE,
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("prometheus exited: {status}");
                 }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "prometheus not ready"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                async move {
+                    tokio::net::TcpStream::connect(addr).await.ok()?;
+                    let (status, _, _) = http(addr, Method::GET, "/-/ready").await;
+                    (status == StatusCode::OK).then_some(())
+                }
+            },
+            || "prometheus ready".into(),
+        )
+        .await
     }
 }
 
@@ -145,25 +145,21 @@ async fn prometheus_fires_probe_failed_for_a_real_failing_probe() {
     let mut prometheus = Prometheus::start(&dir, admin, &rules).await;
     prometheus.ready().await;
 
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let firing = loop {
-        let alerts = prometheus.api("/api/v1/alerts").await;
-        let found = alerts["data"]["alerts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["labels"]["alertname"] == "PulseProbeFailed" && a["state"] == "firing")
-            .cloned();
-        if let Some(alert) = found {
-            break alert;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "PulseProbeFailed did not fire; alerts: {alerts}\nrules: {}",
-            prometheus.api("/api/v1/rules").await
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let api = &prometheus;
+    let firing = common::eventually(
+        PATIENCE,
+        || async move {
+            let alerts = api.api("/api/v1/alerts").await;
+            alerts["data"]["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["labels"]["alertname"] == "PulseProbeFailed" && a["state"] == "firing")
+                .cloned()
+        },
+        || "PulseProbeFailed firing (see /api/v1/alerts and /api/v1/rules)".into(),
+    )
+    .await;
     assert_eq!(firing["labels"]["probe"], "probe");
     assert_eq!(firing["labels"]["severity"], "critical");
     assert_eq!(firing["labels"]["pod"], "pulse-0");

@@ -33,13 +33,7 @@ async fn while_a_large_component_compiles_livez_answers_and_readyz_waits() {
         handler.to_str().unwrap(),
     ]);
     let admin = pulse.admin_addr().await;
-    pulse
-        .wait_for_stderr(|l| {
-            l["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("compiling the component"))
-        })
-        .await;
+    pulse.wait_for_stderr(|l| l["event"] == "compiling").await;
     // /livez first, then /readyz: a 503 "not loaded yet" can only come
     // before the component is loaded, so both answered during the compile.
     let (live, _, _) = http(admin, Method::GET, "/livez").await;
@@ -52,7 +46,7 @@ async fn while_a_large_component_compiles_livez_answers_and_readyz_waits() {
     );
     assert!(String::from_utf8_lossy(&body).contains("not loaded yet"));
     let loaded = pulse
-        .wait_for_stderr(|l| l["message"] == "component loaded")
+        .wait_for_stderr(|l| l["event"] == "component_loaded")
         .await;
     assert_eq!(loaded["precompiled"], false, "it compiled: {loaded}");
     assert!(
@@ -92,7 +86,7 @@ async fn precompiled_and_served(name: &str) {
     assert!(compiled.stdout.contains(&cwasm), "{}", compiled.stdout);
     let (mut pulse, addr) = common::serve_with(&handler, &[]).await;
     let loaded = pulse
-        .wait_for_stderr(|l| l["message"] == "component loaded")
+        .wait_for_stderr(|l| l["event"] == "component_loaded")
         .await;
     assert_eq!(loaded["precompiled"], true, "{loaded}");
     assert!(loaded["path"].as_str().unwrap().ends_with(&cwasm));
@@ -158,7 +152,7 @@ async fn unusable_precompiled_files_are_refused_by_name_and_reason() {
         precompiled_file(&dir, name, &bytes, true);
         let (mut pulse, addr) = common::serve_with(&path, &[]).await;
         let warned = pulse
-            .wait_for_stderr(|l| l["message"] == "cannot use this file; loading the one beside it")
+            .wait_for_stderr(|l| l["event"] == "precompiled_fallback")
             .await;
         assert!(
             warned["reason"].as_str().unwrap().contains(reason),

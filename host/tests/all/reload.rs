@@ -40,16 +40,17 @@ async fn body(addr: std::net::SocketAddr) -> String {
 /// took.
 async fn wait_for_body(addr: std::net::SocketAddr, expected: &str) -> Duration {
     let started = Instant::now();
-    loop {
-        if body(addr).await.contains(expected) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never switched to {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    common::eventually(
+        Duration::from_secs(10),
+        || async move {
+            body(addr)
+                .await
+                .contains(expected)
+                .then(|| started.elapsed())
+        },
+        || format!("the body switching to {expected}"),
+    )
+    .await
 }
 
 /// A client keeping `connections` keep-alive connections busy until `stop`;
@@ -296,18 +297,9 @@ async fn a_scheduled_probe_is_swapped_too() {
             l["event"] == "reload" && l["role"] == "probe" && l["outcome"] == "loaded"
         })
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let lines = pulse.probe_lines(1, Duration::from_secs(5)).await;
-        if lines.last().unwrap()["status"] == 299 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new probe never ran: {lines:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    pulse
+        .wait_for_probe_line(Duration::from_secs(20), |l| l["status"] == 299)
+        .await;
 }
 
 #[tokio::test]
@@ -427,7 +419,7 @@ async fn swaps_between_wasi_0_2_and_0_3_under_load_lose_no_request() {
     .await;
     assert!(ok > 100, "the load was continuous: {ok} answered");
     let switched = pulse
-        .wait_for_stderr(|l| l["message"] == "handler instances" && l["wasi"] == "0.3")
+        .wait_for_stderr(|l| l["event"] == "handler_instances" && l["wasi"] == "0.3")
         .await;
     assert_eq!(switched["max_instance_reuse"], 128, "{switched}");
 }

@@ -81,9 +81,7 @@ async fn scheduler_retries_and_keeps_firing_when_the_target_is_down() {
         );
         assert_eq!(line["probe"], "probe");
     }
-    let retry = pulse
-        .wait_for_stderr(|l| l["message"] == "probe attempt failed; retrying")
-        .await;
+    let retry = pulse.wait_for_stderr(|l| l["event"] == "probe_retry").await;
     assert_eq!(retry["attempt"], 1);
     assert_eq!(retry["kind"], "connection_refused");
     assert_eq!(retry["retry_in_ms"], 100);

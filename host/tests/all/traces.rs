@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -59,18 +58,21 @@ impl Receiver {
 
     /// Waits for a span that `matches`.
     async fn span(&self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(span) = self.spans.lock().unwrap().iter().find(|s| matches(s)) {
-                return span.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {what} span arrived; got {:?}",
-                self.spans.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually(
+            PATIENCE,
+            || {
+                std::future::ready(
+                    self.spans
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .find(|s| matches(s))
+                        .cloned(),
+                )
+            },
+            || format!("a {what} span; got {:?}", self.spans.lock().unwrap()),
+        )
+        .await
     }
 }
 

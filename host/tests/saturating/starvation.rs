@@ -20,6 +20,15 @@ const MARGIN: Duration = Duration::from_millis(1500);
 /// How long a healthy request may take while the guests spin.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(1);
 
+/// Held by each test for its whole run: two saturating tests at once would
+/// each measure the other's load.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this test's turn.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
+}
+
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
@@ -82,7 +91,7 @@ async fn serve_survives_spinners(count: usize) {
     let addr = pulse.listening_addr().await;
     let admin = pulse.admin_addr().await;
     let spinners = spin_requests(addr, count);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_in_flight(admin, count as u64).await;
     assert_answers_quickly(addr, "/", "a healthy request").await;
     assert_answers_quickly(admin, "/livez", "/livez").await;
     // Ask for shutdown while the guests still spin: they are still stopped
@@ -95,21 +104,25 @@ async fn serve_survives_spinners(count: usize) {
 
 #[tokio::test]
 async fn one_spinning_guest() {
+    let _turn = one_at_a_time().await;
     serve_survives_spinners(1).await;
 }
 
 #[tokio::test]
 async fn as_many_spinning_guests_as_cores() {
+    let _turn = one_at_a_time().await;
     serve_survives_spinners(cores()).await;
 }
 
 #[tokio::test]
 async fn four_times_as_many_spinning_guests_as_cores() {
+    let _turn = one_at_a_time().await;
     serve_survives_spinners(4 * cores()).await;
 }
 
 #[tokio::test]
 async fn spinning_probes_and_handlers_in_one_run_process() {
+    let _turn = one_at_a_time().await;
     let faulty = component("faulty");
     let deadline = format!("{}ms", DEADLINE.as_millis());
     // The probe spins too, fired every second and at start.
@@ -136,7 +149,7 @@ async fn spinning_probes_and_handlers_in_one_run_process() {
     let addr = pulse.listening_addr().await;
     let admin = pulse.admin_addr().await;
     let spinners = spin_requests(addr, 4 * cores());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::wait_in_flight(admin, 4 * cores() as u64).await;
     assert_answers_quickly(addr, "/", "a healthy request").await;
     assert_answers_quickly(admin, "/readyz", "/readyz").await;
     assert_all_stopped_at_deadline(spinners).await;
@@ -156,6 +169,7 @@ async fn spinning_probes_and_handlers_in_one_run_process() {
 
 #[tokio::test]
 async fn spinning_probe_on_a_schedule_never_blocks_the_scheduler_or_signals() {
+    let _turn = one_at_a_time().await;
     let faulty = component("faulty");
     let mut pulse = Pulse::spawn(&[
         "schedule",
