@@ -29,11 +29,12 @@ setup:
 setup-test:
     bash ci/setup.sh test
 
-# The fast loop, no root and no containers: formatting, clippy with warnings as errors, unit tests.
-lint:
+# The fast loop, no root and no containers: formatting, clippy with warnings as errors, unit tests (the in-process serve tests use the built components).
+# Same profile and target as `just build`, so Wasmtime is compiled once for lint and tests alike.
+lint: build-components
     cargo fmt --all --check
-    cargo clippy --locked -p pulse --all-targets -- -D warnings
-    cargo test --locked -p pulse --lib
+    cargo clippy --release --locked --target {{host_target}} -p pulse --all-targets -- -D warnings
+    cargo test --release --locked --target {{host_target}} -p pulse --lib
 
 # Build the components (release, wasm32-wasip2) into target/components/; health and probe also into the ConfigMap overlay.
 build-components: setup

@@ -257,32 +257,11 @@ impl Handler {
 
     async fn answer(&self, request: Request<Incoming>, id: &str) -> Response<HyperOutgoingBody> {
         let Some(slot) = self.slots.try_take() else {
-            tracing::warn!(
-                max_concurrency = self.options.max_concurrency,
-                "all handler slots busy; answered 503"
-            );
-            let mut response = json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the server is at its concurrency limit; retry shortly",
-                id,
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
+            return self.host_answer(HostAnswer::Busy, id);
         };
         let limit = self.options.max_request_body;
-        let too_large = || {
-            tracing::info!(
-                max_request_body = limit,
-                "request body too large; answered 413"
-            );
-            let message =
-                format!("the request body is larger than the server's limit of {limit} bytes");
-            closing(json_error(StatusCode::PAYLOAD_TOO_LARGE, &message, id))
-        };
         if declared_length(&request).is_some_and(|length| length > limit) {
-            return too_large();
+            return self.host_answer(HostAnswer::TooLarge, id);
         }
         let verdict = Arc::new(BodyVerdict::default());
         let pace = self.options.body_pace;
@@ -291,54 +270,53 @@ impl Handler {
         // A body cut short decides the answer, whatever the guest made of
         // the error it read: a guest may well treat it as the end of the
         // body and answer 200.
-        if verdict.over_limit.load(Ordering::SeqCst) {
-            return too_large();
-        }
-        if verdict.too_slow.load(Ordering::SeqCst) {
-            tracing::info!(
-                body_grace_ms = pace.grace.as_millis() as u64,
-                min_body_rate = pace.min_rate,
+        let answer = if verdict.over_limit.load(Ordering::SeqCst) {
+            HostAnswer::TooLarge
+        } else if verdict.too_slow.load(Ordering::SeqCst) {
+            HostAnswer::TooSlow
+        } else {
+            match executed {
+                Executed::Answered(response) => return response,
+                Executed::BadRequest(reason) => HostAnswer::BadRequest(reason),
+                Executed::Failed(error) => HostAnswer::Failed(error),
+                Executed::PastDeadline => HostAnswer::PastDeadline,
+            }
+        };
+        self.host_answer(answer, id)
+    }
+
+    /// The host's own answer to a request the guest did not answer, logged.
+    fn host_answer(&self, answer: HostAnswer, id: &str) -> Response<HyperOutgoingBody> {
+        let options = &self.options;
+        match &answer {
+            HostAnswer::Busy => tracing::warn!(
+                max_concurrency = options.max_concurrency,
+                "all handler slots busy; answered 503"
+            ),
+            HostAnswer::TooLarge => tracing::info!(
+                max_request_body = options.max_request_body,
+                "request body too large; answered 413"
+            ),
+            HostAnswer::TooSlow => tracing::info!(
+                body_grace_ms = options.body_pace.grace.as_millis() as u64,
+                min_body_rate = options.body_pace.min_rate,
                 "request body came too slowly; answered 408"
-            );
-            return closing(json_error(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body came too slowly",
-                id,
-            ));
+            ),
+            HostAnswer::BadRequest(reason) => tracing::debug!(%reason, "rejected request"),
+            HostAnswer::Failed(error) => tracing::error!(
+                event = "handler_failed",
+                component = &*self.name,
+                error = format!("{error:#}"),
+                "handler component failed"
+            ),
+            HostAnswer::PastDeadline => tracing::error!(
+                event = "handler_timeout",
+                component = &*self.name,
+                timeout_ms = options.request_timeout.as_millis() as u64,
+                "handler component did not respond in time; stopped it"
+            ),
         }
-        match executed {
-            Executed::Answered(response) => response,
-            Executed::BadRequest(reason) => {
-                tracing::debug!(%reason, "rejected request");
-                json_error(StatusCode::BAD_REQUEST, &reason, id)
-            }
-            Executed::Failed(error) => {
-                tracing::error!(
-                    event = "handler_failed",
-                    component = &*self.name,
-                    error = format!("{error:#}"),
-                    "handler component failed"
-                );
-                json_error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "the handler component failed",
-                    id,
-                )
-            }
-            Executed::PastDeadline => {
-                tracing::error!(
-                    event = "handler_timeout",
-                    component = &*self.name,
-                    timeout_ms = self.options.request_timeout.as_millis() as u64,
-                    "handler component did not respond in time; stopped it"
-                );
-                json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the handler component did not respond in time",
-                    id,
-                )
-            }
-        }
+        answer.response(id, options.max_request_body)
     }
 
     /// Runs the guest for one request, on an instance of the component in
@@ -353,6 +331,66 @@ impl Handler {
         match &self.generation().serving {
             Serving::P2(pool) => p2::execute(pool.clone(), &self.instances, call).await,
             Serving::P3(handler) => p3::execute(handler.clone(), call).await,
+        }
+    }
+}
+
+/// Every answer the host makes itself, instead of the guest's: the
+/// failure-to-status table of the module docs.
+#[derive(Debug)]
+enum HostAnswer {
+    /// Every slot is busy.
+    Busy,
+    /// The body is longer than the limit (declared or streamed).
+    TooLarge,
+    /// The body came slower than the pace.
+    TooSlow,
+    /// wasi:http cannot carry the request (no `Host`, ...).
+    BadRequest(String),
+    /// The guest trapped, answered with an error code, or set no response.
+    Failed(anyhow::Error),
+    /// The guest ran past the request's deadline.
+    PastDeadline,
+}
+
+impl HostAnswer {
+    /// The answer's status.
+    fn status(&self) -> StatusCode {
+        match self {
+            HostAnswer::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            HostAnswer::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HostAnswer::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            HostAnswer::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HostAnswer::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            HostAnswer::PastDeadline => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The small JSON answer for request `id`; a cut body also closes the
+    /// connection (the rest of the request cannot be trusted to be read),
+    /// and a busy server says when to retry.
+    fn response(&self, id: &str, max_request_body: u64) -> Response<HyperOutgoingBody> {
+        let message = match self {
+            HostAnswer::Busy => "the server is at its concurrency limit; retry shortly".to_owned(),
+            HostAnswer::TooLarge => format!(
+                "the request body is larger than the server's limit of {max_request_body} bytes"
+            ),
+            HostAnswer::TooSlow => "the request body came too slowly".to_owned(),
+            HostAnswer::BadRequest(reason) => reason.clone(),
+            HostAnswer::Failed(_) => "the handler component failed".to_owned(),
+            HostAnswer::PastDeadline => "the handler component did not respond in time".to_owned(),
+        };
+        let response = json_error(self.status(), &message, id);
+        match self {
+            HostAnswer::TooLarge | HostAnswer::TooSlow => closing(response),
+            HostAnswer::Busy => {
+                let mut response = response;
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            _ => response,
         }
     }
 }
@@ -381,3 +419,7 @@ fn log_instances(component: &str, reuse: &Reuse, wasi: Wasi) {
 pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<Wasi, LoadError> {
     crate::http::instances::prepare(runtime, path, bytes).map(|loaded| loaded.wasi())
 }
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;

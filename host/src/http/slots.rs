@@ -113,3 +113,59 @@ impl Saturation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_run_out_and_come_back() {
+        let slots = Slots::new(2, Gauge::default());
+        let saturation = slots.saturation();
+        let first = slots.try_take().unwrap();
+        assert!(saturation.full_for().is_none(), "one of two is free");
+        let second = slots.try_take().unwrap();
+        assert!(saturation.full_for().is_some(), "both taken");
+        assert!(slots.try_take().is_none());
+        drop(first);
+        assert!(saturation.full_for().is_none());
+        drop(second);
+        assert_eq!(slots.in_flight.get(), 0);
+    }
+
+    /// A slot given back while other threads keep failing to take one:
+    /// once it is back, saturation must say a slot is free, whatever the
+    /// interleaving was. (Without the second look in `try_take`, a failed
+    /// taker's `full` could land after the giver's `not_full`.)
+    #[test]
+    fn saturation_is_never_left_full_with_a_slot_free() {
+        use std::sync::atomic::AtomicBool;
+        let mut stuck = 0;
+        for _ in 0..1000 {
+            let slots = Arc::new(Slots::new(1, Gauge::default()));
+            let held = slots.try_take().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let taker = {
+                let (slots, stop) = (slots.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(slot) = slots.try_take() {
+                            // Keep it: the slot is free only once given back.
+                            std::mem::forget(slot);
+                            return true;
+                        }
+                    }
+                    false
+                })
+            };
+            std::thread::yield_now();
+            drop(held);
+            stop.store(true, Ordering::Relaxed);
+            let took = taker.join().unwrap();
+            if !took && slots.saturation().full_for().is_some() {
+                stuck += 1;
+            }
+        }
+        assert_eq!(stuck, 0, "saturation left full with the slot free");
+    }
+}

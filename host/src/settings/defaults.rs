@@ -48,3 +48,135 @@ pub const RETRY_BACKOFF: Duration = Duration::from_secs(1);
 pub const SCHEDULE: &str = "0 8 * * *";
 /// The name of the single probe the command line describes.
 pub const PROBE_NAME: &str = "probe";
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::settings::cli::Cli;
+
+    /// A size as the help text writes it: `1Ki`, `128Mi`.
+    fn size_text(bytes: u64) -> String {
+        match bytes {
+            b if b % (1 << 30) == 0 => format!("{}Gi", b >> 30),
+            b if b % (1 << 20) == 0 => format!("{}Mi", b >> 20),
+            b if b % (1 << 10) == 0 => format!("{}Ki", b >> 10),
+            b => b.to_string(),
+        }
+    }
+
+    /// A duration as the help text writes it: `250ms`, `10s`.
+    fn duration_text(duration: Duration) -> String {
+        match duration.subsec_millis() {
+            0 => format!("{}s", duration.as_secs()),
+            _ => format!("{}ms", duration.as_millis()),
+        }
+    }
+
+    /// Every `[default: ...]` in the help of every subcommand, by flag.
+    fn stated_defaults() -> BTreeMap<String, Vec<String>> {
+        let mut stated: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let root = Cli::command();
+        let commands = std::iter::once(&root).chain(root.get_subcommands());
+        for command in commands {
+            for arg in command.get_arguments() {
+                let (Some(long), Some(help)) =
+                    (arg.get_long(), arg.get_long_help().or(arg.get_help()))
+                else {
+                    continue;
+                };
+                let help = help
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if let Some(at) = help.find("[default: ") {
+                    let rest = &help[at + "[default: ".len()..];
+                    let text = rest.split(']').next().unwrap_or(rest).to_owned();
+                    stated.entry(format!("--{long}")).or_default().push(text);
+                }
+            }
+        }
+        stated
+    }
+
+    #[test]
+    fn the_help_states_the_defaults_the_merge_applies() {
+        let expected: Vec<(&str, String)> = vec![
+            ("--max-memory", size_text(MAX_MEMORY)),
+            ("--cache-max-size", size_text(CACHE_MAX_SIZE)),
+            ("--listen", LISTEN.to_string()),
+            ("--max-concurrency", MAX_CONCURRENCY.to_string()),
+            (
+                "--max-instance-reuse",
+                format!(
+                    "{INSTANCE_REUSE_P2} for a WASI 0.2 handler, {INSTANCE_REUSE_P3} for a WASI 0.3 one"
+                ),
+            ),
+            ("--max-instance-concurrency", INSTANCE_CONCURRENCY.to_string()),
+            ("--instance-idle-timeout", duration_text(INSTANCE_IDLE_TIMEOUT)),
+            ("--request-timeout", duration_text(REQUEST_TIMEOUT)),
+            ("--max-request-body", size_text(MAX_REQUEST_BODY)),
+            ("--header-timeout", duration_text(HEADER_TIMEOUT)),
+            ("--body-grace", duration_text(BODY_GRACE)),
+            ("--min-body-rate", size_text(MIN_BODY_RATE)),
+            ("--shutdown-grace", duration_text(SHUTDOWN_GRACE)),
+            ("--timeout", duration_text(PROBE_TIMEOUT)),
+            ("--retries", RETRIES.to_string()),
+            ("--retry-backoff", duration_text(RETRY_BACKOFF)),
+            ("--schedule", SCHEDULE.to_string()),
+        ];
+        let stated = stated_defaults();
+        for (flag, default) in &expected {
+            let texts = stated
+                .get(*flag)
+                .unwrap_or_else(|| panic!("{flag}'s help states no [default: ...]"));
+            for text in texts {
+                assert_eq!(text, default, "{flag}'s help");
+            }
+        }
+        // Those whose default is a sentence, checked for the value they name.
+        let admin = &stated["--admin-listen"][0];
+        assert!(admin.contains(&format!("0.0.0.0:{ADMIN_PORT}")), "{admin}");
+        assert!(
+            admin.contains(&format!("127.0.0.1:{ADMIN_PORT}")),
+            "{admin}"
+        );
+        let target = &stated["--target"][0];
+        assert!(target.starts_with(TARGET), "{target}");
+        // Every flag that states a default is checked here.
+        let described = [
+            "--admin-listen",
+            "--target",
+            "--memory-budget",
+            "--cache-dir",
+            "--component-env",
+            "--output",
+            "--time-zone",
+            "--concurrency-policy",
+            "--starting-deadline-seconds",
+            "--state-dir",
+            "--allow-outbound",
+            "--handler-allow-outbound",
+            "--probe-allow-outbound",
+        ];
+        for flag in stated.keys() {
+            assert!(
+                expected.iter().any(|(f, _)| f == flag) || described.contains(&flag.as_str()),
+                "{flag} states a default this test does not check"
+            );
+        }
+    }
+
+    #[test]
+    fn help_texts_of_sizes_and_durations() {
+        assert_eq!(size_text(128 << 20), "128Mi");
+        assert_eq!(size_text(1024), "1Ki");
+        assert_eq!(size_text(1000), "1000");
+        assert_eq!(duration_text(Duration::from_millis(250)), "250ms");
+        assert_eq!(duration_text(Duration::from_secs(30)), "30s");
+    }
+}
