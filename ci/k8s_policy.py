@@ -18,6 +18,7 @@ every pulse pod's admin port, every alert with its annotations). Exits 1 listing
 """
 import base64
 import json
+import os
 import re
 import sys
 import tomllib
@@ -320,6 +321,18 @@ def check_monitoring(objects, where, alerts):
         annotations = rule.get("annotations", {})
         check(annotations.get("summary") and annotations.get("description"), f"{where}: alert {name} needs a summary and a description")
         check(rule.get("labels", {}).get("severity") in ("critical", "warning"), f"{where}: alert {name} needs severity critical or warning")
+        runbook = annotations.get("runbook_url", "")
+        page, _, anchor = runbook.partition("#")
+        check(page == "docs/runbook.md" and anchor in RUNBOOK_ANCHORS,
+              f"{where}: alert {name} needs a runbook_url to its entry in docs/runbook.md (has {runbook!r})")
+
+
+# The anchors of docs/runbook.md's entries, as GitHub-style renderers make them.
+RUNBOOK_ANCHORS = {
+    line[3:].strip().lower()
+    for line in open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "runbook.md"))
+    if line.startswith("## ")
+}
 
 
 def main(base_path, cron_path, configmap_path, monitoring_path, cron_monitoring_path):
