@@ -54,6 +54,14 @@ fn options(max_concurrency: usize, request_timeout: Duration) -> ServeOptions {
     }
 }
 
+impl Serving {
+    /// Stops the server and waits for `serve` to return.
+    async fn stop(self) {
+        (self.stop)();
+        self.done.await.unwrap().unwrap();
+    }
+}
+
 /// A server of `name` in this process, and what stops it.
 struct Serving {
     addr: SocketAddr,
@@ -186,8 +194,7 @@ async fn request_ids_are_kept_when_sane_and_made_otherwise() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "each made id is new");
-    (server.stop)();
-    server.done.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -215,8 +222,7 @@ async fn a_full_server_answers_503_and_saturation_clears_when_a_slot_frees() {
     until(|| saturation.full_for().is_none(), "the slot free again").await;
     let (status, _, _) = send(addr, get(addr, "/healthcheck")).await;
     assert_eq!(status, StatusCode::OK);
-    (server.stop)();
-    server.done.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -235,8 +241,7 @@ async fn bodies_over_the_limit_get_413_declared_or_streamed() {
         .unwrap();
     let (status, _, body) = send(server.addr, within).await;
     assert_eq!(status, StatusCode::OK, "{body:?}");
-    (server.stop)();
-    server.done.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -248,8 +253,7 @@ async fn guest_failures_become_500_and_504() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body:?}");
     let (status, _, _) = send(server.addr, get(server.addr, "/healthcheck")).await;
     assert_eq!(status, StatusCode::OK, "the server goes on");
-    (server.stop)();
-    server.done.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -257,10 +261,10 @@ async fn a_manual_shutdown_ends_serve_and_closes_the_port() {
     let server = serving("health", options(4, Duration::from_secs(5))).await;
     let (status, _, _) = send(server.addr, get(server.addr, "/healthcheck")).await;
     assert_eq!(status, StatusCode::OK);
-    (server.stop)();
-    server.done.await.unwrap().unwrap();
+    let addr = server.addr;
+    server.stop().await;
     assert!(
-        TcpStream::connect(server.addr).await.is_err(),
+        TcpStream::connect(addr).await.is_err(),
         "nothing listens after shutdown"
     );
 }

@@ -31,14 +31,12 @@ use crate::runtime::{is_deadline, HostState, Runtime, Wasi};
 /// Runs one request on a worker of `handler`. The call's slot is held by
 /// the response body until it has been streamed.
 pub async fn execute(handler: ProxyHandler<P3State>, call: Call) -> Executed {
-    let Call {
-        request,
-        slot,
+    let deadline = call.deadline;
+    let context = RequestContext {
         deadline,
-        span,
-    } = call;
-    let context = RequestContext { deadline, span };
-    let request = request.map(|body| body.boxed_unsync());
+        span: call.span,
+    };
+    let (request, slot) = (call.request.map(|body| body.boxed_unsync()), call.slot);
     // The worker enforces the deadline too, but a guest that keeps its
     // instance busy can delay that; this timer answers on time whatever
     // the instance does.

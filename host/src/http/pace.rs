@@ -192,21 +192,29 @@ mod tests {
         }
     }
 
+    /// How long from now until `meter` says the client is behind.
+    async fn until_cut(meter: &mut Meter) -> Duration {
+        let started = Instant::now();
+        poll_fn(|cx| meter.poll_behind(cx)).await;
+        started.elapsed()
+    }
+
+    /// Whether `meter` says the client is behind now, without waiting.
+    async fn behind_now(meter: &mut Meter) -> bool {
+        poll_fn(|cx| Poll::Ready(meter.poll_behind(cx).is_ready())).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_silent_client_is_cut_after_the_grace() {
         let mut meter = Meter::new(pace());
-        let started = Instant::now();
-        poll_fn(|cx| meter.poll_behind(cx)).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(until_cut(&mut meter).await, Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
     async fn bytes_moved_never_buy_a_longer_stretch() {
         let mut meter = Meter::new(pace());
         meter.progressed(30_000); // what a socket buffer takes at once
-        let started = Instant::now();
-        poll_fn(|cx| meter.poll_behind(cx)).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(until_cut(&mut meter).await, Duration::from_secs(2));
     }
 
     #[tokio::test(start_paused = true)]
@@ -228,32 +236,20 @@ mod tests {
     async fn only_waiting_counts() {
         let mut meter = Meter::new(pace());
         // Waits 1.5 s for the client, then gets a byte.
-        let waiting = poll_fn(|cx| match meter.poll_behind(cx) {
-            Poll::Pending => Poll::Ready(false),
-            Poll::Ready(()) => Poll::Ready(true),
-        })
-        .await;
-        assert!(!waiting);
+        assert!(!behind_now(&mut meter).await);
         tokio::time::advance(Duration::from_millis(1500)).await;
         meter.progressed(1);
         // Time the client was not being waited for is free.
         tokio::time::advance(Duration::from_secs(60)).await;
-        let started = Instant::now();
-        poll_fn(|cx| meter.poll_behind(cx)).await;
         // 2 s grace + 10 ms earned - 1.5 s already waited.
-        assert_eq!(started.elapsed(), Duration::from_millis(510));
+        assert_eq!(until_cut(&mut meter).await, Duration::from_millis(510));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_steady_client_is_never_cut() {
         let mut meter = Meter::new(pace());
         for _ in 0..1000 {
-            let behind = poll_fn(|cx| match meter.poll_behind(cx) {
-                Poll::Pending => Poll::Ready(false),
-                Poll::Ready(()) => Poll::Ready(true),
-            })
-            .await;
-            assert!(!behind);
+            assert!(!behind_now(&mut meter).await);
             tokio::time::advance(Duration::from_millis(100)).await;
             meter.progressed(10); // exactly 100 bytes/s
         }

@@ -298,6 +298,11 @@ async fn sleep_until(when: Option<DateTime<Utc>>) {
 mod tests {
     use super::*;
 
+    /// Asserts that at `now` the planner `p` has nothing due before `until`.
+    fn assert_waits(p: &mut Planner, now: &str, until: &str) {
+        assert_eq!(p.poll(at(now)), Due::Wait(at(until)), "at {now}");
+    }
+
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text)
             .map(|t| t.with_timezone(&Utc))
@@ -327,18 +332,12 @@ mod tests {
     #[test]
     fn waits_then_fires_once_per_instant() {
         let mut p = planner("0 8 * * *", "UTC", None, "2026-05-01T07:00:00Z");
-        assert_eq!(
-            p.poll(at("2026-05-01T07:59:59Z")),
-            Due::Wait(at("2026-05-01T08:00:00Z"))
-        );
+        assert_waits(&mut p, "2026-05-01T07:59:59Z", "2026-05-01T08:00:00Z");
         assert_eq!(
             fired(p.poll(at("2026-05-01T08:00:00.010Z"))),
             "2026-05-01T08:00:00.000Z"
         );
-        assert_eq!(
-            p.poll(at("2026-05-01T08:00:01Z")),
-            Due::Wait(at("2026-05-02T08:00:00Z"))
-        );
+        assert_waits(&mut p, "2026-05-01T08:00:01Z", "2026-05-02T08:00:00Z");
     }
 
     #[test]
@@ -346,14 +345,8 @@ mod tests {
         let mut p = planner("0 8 * * *", "UTC", None, "2026-05-01T07:00:00Z");
         fired(p.poll(at("2026-05-01T08:00:00Z")));
         // NTP steps the clock back an hour: 08:00 comes round again.
-        assert_eq!(
-            p.poll(at("2026-05-01T07:00:00Z")),
-            Due::Wait(at("2026-05-02T08:00:00Z"))
-        );
-        assert_eq!(
-            p.poll(at("2026-05-01T08:00:00Z")),
-            Due::Wait(at("2026-05-02T08:00:00Z"))
-        );
+        assert_waits(&mut p, "2026-05-01T07:00:00Z", "2026-05-02T08:00:00Z");
+        assert_waits(&mut p, "2026-05-01T08:00:00Z", "2026-05-02T08:00:00Z");
     }
 
     #[test]
@@ -367,10 +360,7 @@ mod tests {
                 count: 1
             }
         );
-        assert_eq!(
-            p.poll(at("2026-05-01T09:00:01Z")),
-            Due::Wait(at("2026-05-02T08:00:00Z"))
-        );
+        assert_waits(&mut p, "2026-05-01T09:00:01Z", "2026-05-02T08:00:00Z");
         // Within the deadline it runs.
         assert_eq!(
             fired(p.poll(at("2026-05-02T08:04:00Z"))),
@@ -388,10 +378,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            p.poll(at("2026-05-01T11:10:01Z")),
-            Due::Wait(at("2026-05-01T12:00:00Z"))
-        );
+        assert_waits(&mut p, "2026-05-01T11:10:01Z", "2026-05-01T12:00:00Z");
     }
 
     #[test]
@@ -434,10 +421,7 @@ mod tests {
         );
         // 02:30 does not exist that day: the next firing is the next day's.
         let mut p = planner("30 2 * * *", "Europe/Paris", None, "2026-03-28T12:00:00Z");
-        assert_eq!(
-            p.poll(at("2026-03-29T06:00:00Z")),
-            Due::Wait(at("2026-03-30T00:30:00Z"))
-        );
+        assert_waits(&mut p, "2026-03-29T06:00:00Z", "2026-03-30T00:30:00Z");
         // America/New_York falls back on 2026-11-01 at 02:00 (to 01:00):
         // 01:30 happens twice and fires once, at its first occurrence.
         let mut p = planner(
@@ -450,9 +434,6 @@ mod tests {
             fired(p.poll(at("2026-11-01T05:30:00Z"))),
             "2026-11-01T01:30:00.000-04:00"
         );
-        assert_eq!(
-            p.poll(at("2026-11-01T06:30:00Z")),
-            Due::Wait(at("2026-11-02T06:30:00Z"))
-        );
+        assert_waits(&mut p, "2026-11-01T06:30:00Z", "2026-11-02T06:30:00Z");
     }
 }

@@ -182,6 +182,20 @@ async fn each_wasi_0_3_misdeed_gets_its_answer_and_other_instances_go_on() {
     assert!(log["path"] == "/spin" || log["path"] == "/never", "{log}");
 }
 
+/// A request past its deadline is a 504 wherever the deadline passed:
+/// while its instance was being made, or while the guest waited. (It was
+/// once a 500 when the instance's start code was stopped at the deadline.)
+#[tokio::test]
+async fn a_wasi_0_3_request_past_its_deadline_is_always_504() {
+    let (_pulse, addr) = serve_with(&component("faulty-p3"), &["--request-timeout", "1ms"]).await;
+    let requests: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(async move { http(addr, Method::GET, "/sleep?ms=50").await.0 }))
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+    }
+}
+
 #[tokio::test]
 async fn a_wasi_0_3_instance_is_reused_and_never_again_after_a_trap_or_a_timeout() {
     let (mut pulse, addr) = serve_with(
