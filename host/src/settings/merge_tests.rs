@@ -444,34 +444,27 @@ fn bad_values_name_the_flag_or_the_line_and_key() {
         error.contains("--request-timeout") && error.contains("not a duration"),
         "{error}"
     );
-    let error =
-        ConfigFile::parse("[handler]\nlisten = \"0.0.0.0:3000\"\nmax_request_body = \"lots\"\n")
-            .unwrap_err()
-            .to_string();
-    assert!(
-        error.contains("line 3")
-            && error.contains("max_request_body")
-            && error.contains("not a size"),
-        "{error}"
-    );
-    let error = ConfigFile::parse(
-        "[[probe]]\nname = \"a\"\ncomponent = \"p\"\ntime_zone = \"Moon/Base\"\n",
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        error.contains("line 4") && error.contains("Moon/Base"),
-        "{error}"
-    );
-    let error = ConfigFile::parse(
-        "[[probe]]\nname = \"a\"\ncomponent = \"p\"\nschedule = \"0 25 * * *\"\n",
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(
-        error.contains("line 4") && error.contains("invalid schedule"),
-        "{error}"
-    );
+    let file_errors = [
+        (
+            "[handler]\nlisten = \"0.0.0.0:3000\"\nmax_request_body = \"lots\"\n",
+            ["line 3", "max_request_body", "not a size"].as_slice(),
+        ),
+        (
+            "[[probe]]\nname = \"a\"\ncomponent = \"p\"\ntime_zone = \"Moon/Base\"\n",
+            &["line 4", "Moon/Base"],
+        ),
+        (
+            "[[probe]]\nname = \"a\"\ncomponent = \"p\"\nschedule = \"0 25 * * *\"\n",
+            &["line 4", "invalid schedule"],
+        ),
+    ];
+    for (text, names) in file_errors {
+        let error = ConfigFile::parse(text).unwrap_err().to_string();
+        assert!(
+            names.iter().all(|n| error.contains(n)),
+            "{names:?} in {error}"
+        );
+    }
 }
 
 #[test]
