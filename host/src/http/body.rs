@@ -45,7 +45,8 @@ pub struct BodyVerdict {
 /// bytes have come, or once the client falls behind its pace, and says
 /// which in the verdict.
 pub struct GuardedBody {
-    inner: Incoming,
+    /// The client's body; `None` for a request sent again without one.
+    inner: Option<Incoming>,
     seen: u64,
     limit: u64,
     meter: Meter,
@@ -55,11 +56,28 @@ pub struct GuardedBody {
 impl GuardedBody {
     pub fn new(inner: Incoming, limit: u64, pace: Pace, verdict: Arc<BodyVerdict>) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             seen: 0,
             limit,
             meter: Meter::new(pace),
             verdict,
+        }
+    }
+}
+
+impl GuardedBody {
+    /// No body at all: for a request sent to a second instance after the
+    /// first failed it (see [`crate::http::p2`]).
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            seen: 0,
+            limit: 0,
+            meter: Meter::new(Pace {
+                grace: std::time::Duration::ZERO,
+                min_rate: 0,
+            }),
+            verdict: Arc::default(),
         }
     }
 }
@@ -73,7 +91,10 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.meter.progressed(data.len());
@@ -100,11 +121,13 @@ impl Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -42,6 +42,7 @@ impl Generation {
                 *max_idle,
                 reuse.idle_timeout,
                 runtime.memory_budget().clone(),
+                source.digest.clone(),
             ))),
             HandlerPre::P3(pre) => {
                 Serving::P3(ProxyHandler::new(P3State::new(pre.clone(), settings)))

@@ -12,13 +12,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
+use hyper::body::Body;
+use hyper::Request;
 use wasmtime::Store;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::WasiHttpView;
 
-use crate::http::body::GuestBody;
+use crate::http::body::{GuardedBody, GuestBody};
 use crate::http::instances::{memory_is_short, Call, Executed, InstanceSettings};
+use crate::http::slots::Slot;
 use crate::ops::metrics::Component;
 use crate::runtime::memory::{MemoryBudget, Refusal};
 use crate::runtime::{is_deadline, HostState, Wasi};
@@ -44,6 +47,10 @@ pub struct P2Pool {
     budget: Arc<MemoryBudget>,
     /// Its component was replaced: no instance is kept any more.
     retired: AtomicBool,
+    /// Reuse broke the component (see [`execute`]): fresh instances only.
+    reuse_broke: AtomicBool,
+    /// The component's digest, for the log line that says so.
+    digest: String,
 }
 
 impl P2Pool {
@@ -58,6 +65,7 @@ impl P2Pool {
         max_idle: usize,
         idle_timeout: Duration,
         budget: Arc<MemoryBudget>,
+        digest: String,
     ) -> Self {
         Self {
             pre,
@@ -68,12 +76,40 @@ impl P2Pool {
             idle_timeout,
             budget,
             retired: AtomicBool::new(false),
+            reuse_broke: AtomicBool::new(false),
+            digest,
         }
     }
 
     /// Whether instances are reused at all.
     fn reuses(&self) -> bool {
-        self.max_requests > 1
+        self.max_requests > 1 && !self.reuse_broke.load(Ordering::Relaxed)
+    }
+
+    /// Serves the component with fresh instances from now on: a reused
+    /// instance failed a request that a fresh one answered. Said once, with
+    /// what to do.
+    fn stop_reuse(&self, component: &str, failure: &Executed) {
+        if self.reuse_broke.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let why = match failure {
+            Executed::Failed(error) => format!("{error:#}"),
+            _ => "it failed".to_owned(),
+        };
+        tracing::warn!(
+            event = "reuse_disabled",
+            component,
+            digest = %self.digest,
+            error = why,
+            "a reused instance of the handler failed a request that a fresh instance answered: \
+             this component cannot serve more than one request per instance, so it gets a fresh \
+             instance per request from now on. Set --max-instance-reuse 1 (max_instance_reuse = 1) \
+             to say so, or fix the component to take a second request"
+        );
+        drop(std::mem::take(
+            &mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
     }
 
     /// The most recently idle instance, if one is waiting.
@@ -126,8 +162,11 @@ impl P2Pool {
 
 /// How the task that owned a WASI 0.2 instance for one request ended.
 enum TaskEnd {
-    /// The guest's `handle` returned.
+    /// The guest's `handle` returned, having set its response.
     Returned,
+    /// The guest's `handle` returned without setting a response; the
+    /// instance is dropped.
+    Unanswered,
     /// The guest ran past the request's deadline, computing (stopped at an
     /// epoch tick) or waiting (stopped by the timer), instantiation included.
     PastDeadline,
@@ -138,9 +177,25 @@ enum TaskEnd {
     },
 }
 
+/// How one attempt at a request went.
+enum Attempt {
+    /// What the executor answers.
+    Done(Executed),
+    /// An instance that had answered before failed this request without
+    /// setting a response; the slot is handed back for another attempt.
+    ReusedFailed { failure: Executed, slot: Slot },
+}
+
 /// Runs one request on an instance of `pool`. The call's slot moves into
 /// the task that owns the store: it is given back only when the guest is
 /// done with the request, however long the response takes to stream.
+///
+/// Reuse must never break a component that works: when a reused instance
+/// fails a request that a fresh instance then answers (a component that
+/// cannot take a second request on one instance), the component is served
+/// with fresh instances from then on, said once in the log, and the client
+/// gets the fresh instance's answer. Only a GET, HEAD or OPTIONS without a
+/// body is sent again; any other request gets the failure.
 pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call) -> Executed {
     let Call {
         request,
@@ -148,19 +203,85 @@ pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call)
         deadline,
         span,
     } = call;
-    let (mut store, reused) = match pool.take() {
+    let again = Resend::of(&request);
+    let (failure, slot) = match attempt(&pool, settings, request, slot, deadline, &span, true).await
+    {
+        Attempt::Done(executed) => return executed,
+        Attempt::ReusedFailed { failure, slot } => (failure, slot),
+    };
+    let Some(request) = again.map(Resend::request) else {
+        return failure;
+    };
+    match attempt(&pool, settings, request, slot, deadline, &span, false).await {
+        Attempt::Done(Executed::Answered(response)) => {
+            pool.stop_reuse(&settings.template.component, &failure);
+            Executed::Answered(response)
+        }
+        Attempt::Done(executed) => executed,
+        Attempt::ReusedFailed { failure, .. } => failure,
+    }
+}
+
+/// A request that may be sent to a second instance: a safe method (GET,
+/// HEAD, OPTIONS: RFC 9110 lets a client send those again on its own) and
+/// no body.
+struct Resend {
+    method: hyper::Method,
+    uri: hyper::Uri,
+    version: hyper::Version,
+    headers: hyper::HeaderMap,
+}
+
+impl Resend {
+    fn of(request: &Request<GuardedBody>) -> Option<Self> {
+        let safe = matches!(
+            *request.method(),
+            hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+        );
+        (safe && request.body().is_end_stream()).then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<GuardedBody> {
+        let mut request = Request::new(GuardedBody::empty());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
+    }
+}
+
+/// One attempt at `request`: on an idle instance of `pool` if `may_reuse`
+/// and it reuses them, else on a fresh one.
+async fn attempt(
+    pool: &Arc<P2Pool>,
+    settings: &InstanceSettings,
+    request: Request<GuardedBody>,
+    slot: Slot,
+    deadline: Instant,
+    span: &tracing::Span,
+    may_reuse: bool,
+) -> Attempt {
+    let idle = if may_reuse { pool.take() } else { None };
+    let (mut store, reused) = match idle {
         Some(mut idle) => {
-            idle.store.data_mut().begin_request(deadline, span);
+            idle.store.data_mut().begin_request(deadline, span.clone());
             idle.store.set_epoch_deadline(1);
             (idle.store, Some((idle.proxy, idle.served)))
         }
         None => (
             settings
                 .runtime
-                .new_store(pool.engine, settings.template.setup(deadline, span)),
+                .new_store(pool.engine, settings.template.setup(deadline, span.clone())),
             None,
         ),
     };
+    let was_reused = reused.is_some();
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let incoming = match store
         .data_mut()
@@ -168,21 +289,26 @@ pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call)
         .new_incoming_request(Scheme::Http, request)
     {
         Ok(incoming) => incoming,
-        Err(e) => return Executed::BadRequest(format!("{e:#}")),
+        Err(e) => return Attempt::Done(Executed::BadRequest(format!("{e:#}"))),
     };
     let outparam = match store.data_mut().http().new_response_outparam(sender) {
         Ok(outparam) => outparam,
-        Err(e) => return Executed::Failed(e.into()),
+        Err(e) => return Attempt::Done(Executed::Failed(e.into())),
     };
+    let outparam_rep = outparam.rep();
     let metrics = settings.metrics.clone();
     let timeout = deadline.saturating_duration_since(Instant::now());
+    let pool = pool.clone();
     // The guest may go on streaming the body after it sets the response,
     // so it runs in its own task while this one awaits the response. The
     // store's deadline stops a guest that computes past the timeout; the
     // timer here stops one that waits past it. Either way the store is
     // dropped, and with it any response not yet set, then the slot. An
-    // instance that returned cleanly may serve again (if reuse is on); one
-    // that trapped, ran out of time or was refused memory never does.
+    // instance that returned having answered may serve again (if reuse is
+    // on); one that returned without answering, trapped, ran out of time
+    // or was refused memory never does. A guest that returns keeping its
+    // response unset would keep this request waiting for as long as its
+    // store lives: the outparam is dropped, so the request is answered now.
     let task = tokio::spawn(async move {
         let run = async {
             let (proxy, served) = match reused {
@@ -201,6 +327,7 @@ pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call)
                 .map(|()| (proxy, served + 1))
         };
         let ended = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(_)) if store.data_mut().drop_unset_outparam(outparam_rep) => TaskEnd::Unanswered,
             Ok(Ok((proxy, served))) => {
                 if store.data().memory_refused().is_none() && pool.reuses() {
                     pool.give_back(P2Instance {
@@ -219,30 +346,47 @@ pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call)
             },
             Err(_elapsed) => TaskEnd::PastDeadline,
         };
-        drop(slot);
-        ended
+        (ended, slot)
     });
+    let guest = task.abort_handle();
     match receiver.await {
-        Ok(Ok(response)) => {
-            let guest = task.abort_handle();
-            Executed::Answered(response.map(|body| GuestBody::streamed_by(body, guest).boxed_unsync()))
-        }
-        Ok(Err(code)) => Executed::Failed(anyhow::anyhow!(
-            "the handler answered with error code {code:?}"
+        Ok(Ok(response)) => Attempt::Done(Executed::Answered(
+            response.map(|body| GuestBody::streamed_by(body, guest).boxed_unsync()),
         )),
+        Ok(Err(code)) => Attempt::Done(Executed::Failed(anyhow::anyhow!(
+            "the handler answered with error code {code:?}"
+        ))),
         Err(_dropped) => match task.await {
-            Ok(TaskEnd::Returned) => Executed::Failed(anyhow::anyhow!(
-                "the handler returned without setting a response"
+            Ok((ended, slot)) => {
+                let retry =
+                    was_reused && matches!(ended, TaskEnd::Unanswered | TaskEnd::Trapped { .. });
+                let failure = failure(ended);
+                if retry {
+                    Attempt::ReusedFailed { failure, slot }
+                } else {
+                    Attempt::Done(failure)
+                }
+            }
+            Err(join) => Attempt::Done(Executed::Failed(
+                anyhow::Error::from(join).context("the handler task panicked"),
             )),
-            Ok(TaskEnd::PastDeadline) => Executed::PastDeadline,
-            Ok(TaskEnd::Trapped { trap, refused }) => Executed::Failed(anyhow::Error::from(trap).context(
-                match refused {
-                    Some(Refusal::Budget) => "the handler trapped after the memory budget of all instances refused it more memory",
-                    Some(Refusal::InstanceCap) => "the handler trapped after reaching its memory cap (--max-memory)",
-                    None => "the handler trapped before setting a response",
-                },
-            )),
-            Err(join) => Executed::Failed(anyhow::Error::from(join).context("the handler task panicked")),
         },
+    }
+}
+
+/// What the client is told when the guest set no response.
+fn failure(ended: TaskEnd) -> Executed {
+    match ended {
+        TaskEnd::Returned | TaskEnd::Unanswered => Executed::Failed(anyhow::anyhow!(
+            "the handler returned without setting a response"
+        )),
+        TaskEnd::PastDeadline => Executed::PastDeadline,
+        TaskEnd::Trapped { trap, refused } => Executed::Failed(anyhow::Error::from(trap).context(
+            match refused {
+                Some(Refusal::Budget) => "the handler trapped after the memory budget of all instances refused it more memory",
+                Some(Refusal::InstanceCap) => "the handler trapped after reaching its memory cap (--max-memory)",
+                None => "the handler trapped before setting a response",
+            },
+        )),
     }
 }

@@ -41,6 +41,23 @@ impl HostState {
         self.hooks.denied.as_deref()
     }
 
+    /// Drops the response outparam `rep` if the guest neither set it nor
+    /// dropped it, which answers its request as unanswered at once instead
+    /// of when the store goes; true if it had to.
+    pub fn drop_unset_outparam(&mut self, rep: u32) -> bool {
+        use wasmtime::component::Resource;
+        use wasmtime_wasi_http::p2::types::HostResponseOutparam;
+        let unset = self
+            .table
+            .get(&Resource::<HostResponseOutparam>::new_borrow(rep))
+            .is_ok();
+        unset
+            && self
+                .table
+                .delete(Resource::<HostResponseOutparam>::new_own(rep))
+                .is_ok()
+    }
+
     /// The limit that refused the guest memory, if one did.
     pub fn memory_refused(&self) -> Option<Refusal> {
         self.memory.refused()

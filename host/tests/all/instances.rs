@@ -182,6 +182,51 @@ async fn each_wasi_0_3_misdeed_gets_its_answer_and_other_instances_go_on() {
     assert!(log["path"] == "/spin" || log["path"] == "/never", "{log}");
 }
 
+/// Reuse never breaks a component that works: the 13 MB JavaScript handler
+/// (StarlingMonkey cannot take a second request on one instance) with
+/// reuse on answers every request 200, at once, and pulse says once that
+/// it serves it with fresh instances.
+#[tokio::test]
+async fn a_component_that_cannot_be_reused_is_served_fresh_and_said_so_once() {
+    let (mut pulse, addr) = serve_with(
+        &component("health-js"),
+        &["--max-instance-reuse", "128", "--request-timeout", "10s"],
+    )
+    .await;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..250 {
+                    statuses.push(http(addr, Method::GET, "/healthcheck").await.0);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for client in clients {
+        let statuses = client.await.unwrap();
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "every answer 200: {statuses:?}"
+        );
+    }
+    let said = pulse
+        .wait_for_stderr(|l| l["event"] == "reuse_disabled")
+        .await;
+    assert_eq!(said["component"], "health-js");
+    assert!(
+        said["digest"].as_str().unwrap().starts_with("sha256:"),
+        "{said}"
+    );
+    let times = pulse
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"reuse_disabled\""))
+        .count();
+    assert_eq!(times, 1, "said once");
+}
+
 /// A request past its deadline is a 504 wherever the deadline passed:
 /// while its instance was being made, or while the guest waited. (It was
 /// once a 500 when the instance's start code was stopped at the deadline.)
