@@ -15,6 +15,8 @@
 //!   with the error code;
 //! - `/env?name=N` answers with the environment variable N, or `unset`;
 //! - `/print` writes lines to stdout and stderr, one of them 100 KB long;
+//! - `/print-parts` writes one stderr line in six writes, each through a
+//!   stream handle of its own (as `get-stderr` per write gives);
 //! - `/count` answers with how many requests this instance has been given,
 //!   this one included: 1 on a fresh instance, more on a reused one;
 //! - anything else answers 200 `{"status":"ok"}`.
@@ -170,6 +172,13 @@ impl Handler for Faulty {
                 respond(response_out, 200, format!("{value}\n").as_bytes());
             }
             "/count" => respond(response_out, 200, format!("{handled}\n").as_bytes()),
+            "/print-parts" => {
+                for part in ["start a print ", "1", "2", "3", "4", "\n"] {
+                    let stderr = wasi::cli::stderr::get_stderr();
+                    let _ = stderr.blocking_write_and_flush(part.as_bytes());
+                }
+                respond(response_out, 200, b"printed\n");
+            }
             "/print" => {
                 println!("hello from stdout");
                 eprintln!("hello from stderr");

@@ -373,18 +373,10 @@ impl Runtime {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&setup.env);
         let hooks = HttpHooks::new(setup.outbound, setup.component.clone(), setup.span.clone());
-        let log_span = SharedSpan::new(setup.span);
+        let log_span = SharedSpan::new(setup.component.clone(), setup.span);
         let wasi = wasi
-            .stdout(GuestLog::new(
-                setup.component.clone(),
-                Stream::Stdout,
-                log_span.clone(),
-            ))
-            .stderr(GuestLog::new(
-                setup.component.clone(),
-                Stream::Stderr,
-                log_span.clone(),
-            ))
+            .stdout(GuestLog::new(Stream::Stdout, log_span.clone()))
+            .stderr(GuestLog::new(Stream::Stderr, log_span.clone()))
             .build();
         let state = HostState {
             wasi,

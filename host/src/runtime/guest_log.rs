@@ -32,54 +32,161 @@ impl Stream {
     }
 }
 
-/// The span a store's guest output is logged in: its request or probe run.
-/// Shared with the store, which sets it anew for each request a reused
-/// instance is given.
+/// What a store's guest output shares between the stream handles the guest
+/// opens: the span its lines are logged in (its request or probe run, set
+/// anew for each request a reused instance is given), and the line each
+/// stream has begun. A line is logged when its newline comes, however many
+/// writes and stream handles it took; what is left of a line is logged
+/// when the request ends (the next request begins, or the store goes).
 #[derive(Clone, Debug)]
-pub struct SharedSpan(Arc<Mutex<tracing::Span>>);
+pub struct SharedSpan(Arc<Mutex<Output>>);
+
+#[derive(Debug)]
+struct Output {
+    component: Arc<str>,
+    span: tracing::Span,
+    /// The line begun on stdout and on stderr.
+    pending: [Pending; 2],
+}
+
+/// A line not yet ended.
+#[derive(Debug, Default)]
+struct Pending {
+    line: Vec<u8>,
+    /// Bytes of the line past [`MAX_LINE`], not kept.
+    dropped: usize,
+}
+
+/// A line to log, taken out of the shared state so that it is logged
+/// without holding its lock.
+struct Line {
+    text: Vec<u8>,
+    dropped: usize,
+    stream: Stream,
+}
 
 impl SharedSpan {
-    /// Shares `span`.
-    pub fn new(span: tracing::Span) -> Self {
-        Self(Arc::new(Mutex::new(span)))
+    /// The output of `component`, logged in `span`.
+    pub fn new(component: Arc<str>, span: tracing::Span) -> Self {
+        Self(Arc::new(Mutex::new(Output {
+            component,
+            span,
+            pending: Default::default(),
+        })))
     }
 
-    /// Logs from now on in `span`.
+    /// Ends the lines begun (in the span they were written in), then logs
+    /// from now on in `span`.
     pub fn set(&self, span: tracing::Span) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = span;
+        let (ended, previous) = {
+            let mut output = self.lock();
+            let ended = output.take_begun();
+            (ended, std::mem::replace(&mut output.span, span))
+        };
+        self.emit(&previous, ended);
     }
 
-    #[cfg(test)]
-    fn none() -> Self {
-        Self::new(tracing::Span::none())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn get(&self) -> tracing::Span {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Adds `bytes` written to `stream`, and logs each line they end.
+    fn write(&self, stream: Stream, mut bytes: &[u8]) {
+        let mut ended = Vec::new();
+        let span = {
+            let mut output = self.lock();
+            let pending = &mut output.pending[stream as usize];
+            while !bytes.is_empty() {
+                let (part, newline) = match bytes.iter().position(|&b| b == b'\n') {
+                    Some(i) => (&bytes[..i], true),
+                    None => (bytes, false),
+                };
+                let room = MAX_LINE - pending.line.len();
+                let kept = part.len().min(room);
+                pending.line.extend_from_slice(&part[..kept]);
+                pending.dropped += part.len() - kept;
+                if newline {
+                    ended.push(Line {
+                        text: std::mem::take(&mut pending.line),
+                        dropped: std::mem::take(&mut pending.dropped),
+                        stream,
+                    });
+                    bytes = &bytes[part.len() + 1..];
+                } else {
+                    bytes = &[];
+                }
+            }
+            output.span.clone()
+        };
+        self.emit(&span, ended);
     }
+
+    fn emit(&self, span: &tracing::Span, lines: Vec<Line>) {
+        if lines.is_empty() {
+            return;
+        }
+        let component = self.lock().component.clone();
+        let _in_span = span.enter();
+        for line in lines {
+            log_line(&component, &line);
+        }
+    }
+}
+
+impl Output {
+    /// The lines begun and not ended, taken.
+    fn take_begun(&mut self) -> Vec<Line> {
+        [Stream::Stdout, Stream::Stderr]
+            .into_iter()
+            .filter_map(|stream| {
+                let pending = std::mem::take(&mut self.pending[stream as usize]);
+                (!pending.line.is_empty() || pending.dropped > 0).then_some(Line {
+                    text: pending.line,
+                    dropped: pending.dropped,
+                    stream,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        let begun = self.take_begun();
+        let _in_span = self.span.enter();
+        for line in begun {
+            log_line(&self.component, &line);
+        }
+    }
+}
+
+fn log_line(component: &str, line: &Line) {
+    let text = String::from_utf8_lossy(&line.text);
+    let text = text.trim_end_matches('\r');
+    let truncated_bytes = (line.dropped > 0).then_some(line.dropped);
+    tracing::info!(
+        event = "guest_output",
+        component,
+        stream = line.stream.name(),
+        line = text,
+        truncated_bytes,
+        "guest output"
+    );
 }
 
 /// A guest output stream that turns lines into log events.
 #[derive(Clone)]
 pub struct GuestLog {
-    component: Arc<str>,
     stream: Stream,
-    span: SharedSpan,
+    output: SharedSpan,
 }
 
 impl GuestLog {
-    /// The `stream` of `component`; its lines are logged in `span`, which
-    /// names the request or probe run. (The writes happen in a task of
-    /// their own, so the span is carried here rather than entered.)
-    pub fn new(component: Arc<str>, stream: Stream, span: SharedSpan) -> Self {
-        Self {
-            component,
-            stream,
-            span,
-        }
+    /// The `stream` of the guest whose output is `output`. (The writes
+    /// happen in a task of their own, so the span is carried in `output`
+    /// rather than entered.)
+    pub fn new(stream: Stream, output: SharedSpan) -> Self {
+        Self { stream, output }
     }
 }
 
@@ -91,76 +198,17 @@ impl IsTerminal for GuestLog {
 
 impl StdoutStream for GuestLog {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineWriter {
-            log: self.clone(),
-            line: Vec::new(),
-            dropped: 0,
-        })
+        Box::new(self.clone())
     }
 }
 
-struct LineWriter {
-    log: GuestLog,
-    line: Vec<u8>,
-    /// Bytes of the current line past [`MAX_LINE`], not kept.
-    dropped: usize,
-}
-
-impl LineWriter {
-    fn push(&mut self, mut bytes: &[u8]) {
-        while !bytes.is_empty() {
-            let (part, newline) = match bytes.iter().position(|&b| b == b'\n') {
-                Some(i) => (&bytes[..i], true),
-                None => (bytes, false),
-            };
-            let room = MAX_LINE - self.line.len();
-            let kept = part.len().min(room);
-            self.line.extend_from_slice(&part[..kept]);
-            self.dropped += part.len() - kept;
-            if newline {
-                self.emit();
-                bytes = &bytes[part.len() + 1..];
-            } else {
-                bytes = &[];
-            }
-        }
-    }
-
-    fn emit(&mut self) {
-        let text = String::from_utf8_lossy(&self.line);
-        let text = text.trim_end_matches('\r');
-        let (component, stream) = (&*self.log.component, self.log.stream.name());
-        let truncated_bytes = (self.dropped > 0).then_some(self.dropped);
-        let span = self.log.span.get();
-        let _in_span = span.enter();
-        tracing::info!(
-            event = "guest_output",
-            component,
-            stream,
-            line = text,
-            truncated_bytes,
-            "guest output"
-        );
-        self.line.clear();
-        self.dropped = 0;
-    }
-}
-
-impl Drop for LineWriter {
-    fn drop(&mut self) {
-        if !self.line.is_empty() || self.dropped > 0 {
-            self.emit();
-        }
-    }
-}
-
-impl AsyncWrite for LineWriter {
+impl AsyncWrite for GuestLog {
     fn poll_write(
         self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().push(buf);
+        self.output.write(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -177,30 +225,52 @@ impl AsyncWrite for LineWriter {
 mod tests {
     use super::*;
 
-    fn writer() -> LineWriter {
-        LineWriter {
-            log: GuestLog::new("test".into(), Stream::Stdout, SharedSpan::none()),
-            line: Vec::new(),
-            dropped: 0,
-        }
+    fn output() -> SharedSpan {
+        SharedSpan::new("test".into(), tracing::Span::none())
+    }
+
+    fn begun(output: &SharedSpan, stream: Stream) -> (Vec<u8>, usize) {
+        let guard = output.lock();
+        let pending = &guard.pending[stream as usize];
+        (pending.line.clone(), pending.dropped)
     }
 
     #[test]
     fn long_lines_are_cut_and_the_rest_counted() {
-        let mut w = writer();
-        w.push(&vec![b'y'; MAX_LINE + 10]);
-        assert_eq!(w.line.len(), MAX_LINE);
-        assert_eq!(w.dropped, 10);
-        w.push(b"\nnext");
-        assert_eq!(w.line, b"next");
-        assert_eq!(w.dropped, 0);
+        let out = output();
+        out.write(Stream::Stdout, &vec![b'y'; MAX_LINE + 10]);
+        assert_eq!(begun(&out, Stream::Stdout).0.len(), MAX_LINE);
+        assert_eq!(begun(&out, Stream::Stdout).1, 10);
+        out.write(Stream::Stdout, b"\nnext");
+        assert_eq!(begun(&out, Stream::Stdout), (b"next".to_vec(), 0));
     }
 
     #[test]
     fn lines_split_across_writes_are_joined() {
-        let mut w = writer();
-        w.push(b"hel");
-        w.push(b"lo\nwor");
-        assert_eq!(w.line, b"wor");
+        let out = output();
+        out.write(Stream::Stdout, b"hel");
+        out.write(Stream::Stdout, b"lo\nwor");
+        assert_eq!(begun(&out, Stream::Stdout).0, b"wor");
+    }
+
+    #[test]
+    fn a_line_outlives_the_stream_handle_that_began_it() {
+        let out = output();
+        // The guest writes a line in several writes, each through a handle
+        // of its own (as wasi:cli's get-stderr gives one per call).
+        for part in [&b"start a print "[..], b"1", b"2"] {
+            let mut handle =
+                Box::into_pin(GuestLog::new(Stream::Stderr, out.clone()).async_stream());
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            let written = handle.as_mut().poll_write(&mut cx, part);
+            assert!(matches!(written, Poll::Ready(Ok(n)) if n == part.len()));
+            drop(handle);
+        }
+        assert_eq!(begun(&out, Stream::Stderr).0, b"start a print 12");
+        assert!(begun(&out, Stream::Stdout).0.is_empty(), "streams apart");
+        // The next request ends it.
+        out.set(tracing::Span::none());
+        assert!(begun(&out, Stream::Stderr).0.is_empty());
     }
 }

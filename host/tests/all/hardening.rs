@@ -276,6 +276,25 @@ async fn guest_output_goes_to_the_log_tagged_and_bounded() {
     assert_eq!(long["truncated_bytes"], 100_000 - 4096);
 }
 
+/// A line the guest writes in several writes, each through a stream handle
+/// of its own, is one log line, as `wasmtime serve` prints it.
+#[tokio::test]
+async fn a_line_written_in_parts_is_one_log_line() {
+    let (mut pulse, addr) = serve_faulty(&[]).await;
+    let (status, _, _) = http(addr, Method::GET, "/print-parts").await;
+    assert_eq!(status, StatusCode::OK);
+    let line = pulse
+        .wait_for_stderr(|l| l["event"] == "guest_output" && l["stream"] == "stderr")
+        .await;
+    assert_eq!(line["line"], "start a print 1234");
+    let parts = pulse
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"guest_output\""))
+        .count();
+    assert_eq!(parts, 1, "one line, not one per write");
+}
+
 #[tokio::test]
 async fn handler_has_no_outbound_http_unless_allowed() {
     let target = Target::start(StatusCode::OK).await;
