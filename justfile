@@ -146,14 +146,16 @@ k8s-check: build-components
     promtool check rules target/alerts/*.rules.yaml
     promtool test rules target/alerts/alerts.test.yaml
 
-# Copy the vendored WASI WIT from the pinned wasmtime-wasi-http crate into wit/deps.
+# Copy the vendored WASI WIT from the pinned wasmtime-wasi-http and wasmtime-wasi-config crates into wit/deps.
 vendor-wit:
     #!/usr/bin/env bash
     set -euo pipefail
     version=$(cargo metadata --format-version 1 --locked | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"]=="wasmtime-wasi-http"))')
     src=$(dirname "$(cargo metadata --format-version 1 --locked | python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="wasmtime-wasi-http"))')")/wit/deps
     cp "$src"/*.wit wit/deps/
-    echo "wit/deps now matches wasmtime-wasi-http $version"
+    config=$(dirname "$(cargo metadata --format-version 1 --locked | python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="wasmtime-wasi-config"))')")/wit/deps/config
+    mkdir -p wit/deps/config && cp "$config"/*.wit wit/deps/config/
+    echo "wit/deps now matches wasmtime-wasi-http and wasmtime-wasi-config $version"
 
 # Benchmark pulse serve against wasmtime serve, a native hyper server and the Express app; writes docs/BENCHMARKS.md.
 bench rounds="5" duration="10": build

@@ -14,6 +14,8 @@
 //! - `/fetch?url=U` sends `GET U` and answers 200 with its status, or 502
 //!   with the error code;
 //! - `/env?name=N` answers with the environment variable N, or `unset`;
+//! - `/config?key=K` answers with what wasi:config/store holds for K, or
+//!   `unset`;
 //! - `/print` writes lines to stdout and stderr, one of them 100 KB long;
 //! - `/print-parts` writes one stderr line in six writes, each through a
 //!   stream handle of its own (as `get-stderr` per write gives);
@@ -32,6 +34,7 @@ wit_bindgen::generate!({
         world faulty {
             include wasi:http/proxy@0.2.12;
             include pulse:probe/probe@0.1.0;
+            include wasi:config/imports@0.2.0-rc.1;
         }
     "#,
     path: "../../wit",
@@ -172,6 +175,15 @@ impl Handler for Faulty {
                 respond(response_out, 200, format!("{value}\n").as_bytes());
             }
             "/count" => respond(response_out, 200, format!("{handled}\n").as_bytes()),
+            "/config" => {
+                let key = query_value(&path, "key").unwrap_or("");
+                let value = match wasi::config::store::get(key) {
+                    Ok(Some(value)) => value,
+                    Ok(None) => "unset".to_owned(),
+                    Err(e) => format!("error: {e:?}"),
+                };
+                respond(response_out, 200, format!("{value}\n").as_bytes());
+            }
             "/print-parts" => {
                 for part in ["start a print ", "1", "2", "3", "4", "\n"] {
                     let stderr = wasi::cli::stderr::get_stderr();

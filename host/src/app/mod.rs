@@ -63,7 +63,7 @@ async fn serve_command(
     file: ConfigFile,
     source: String,
 ) -> anyhow::Result<ExitCode> {
-    let handler = merge::handler(args, cli.component_env.as_deref(), &file, &source)?;
+    let handler = merge::handler(args, merge::Shared::new(cli), &file, &source)?;
     let workload = Workload {
         handler: Some(handler),
         probes: None,
@@ -126,7 +126,7 @@ async fn run_command(
     file: ConfigFile,
     source: String,
 ) -> anyhow::Result<ExitCode> {
-    let handler = merge::handler(&args.serve, cli.component_env.as_deref(), &file, &source)?;
+    let handler = merge::handler(&args.serve, merge::Shared::new(cli), &file, &source)?;
     let flags = ProbeFlags::new(cli, &args.probe, &args.when);
     let probes = Scheduled {
         settings: merge::probes(flags, &file, &source)?,

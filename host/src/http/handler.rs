@@ -60,7 +60,7 @@ use crate::ops::metrics::Metrics;
 use crate::ops::telemetry;
 use crate::runtime::outbound::AllowList;
 use crate::runtime::reload::Swappable;
-use crate::runtime::{LoadError, Role, Runtime, Wasi};
+use crate::runtime::{GuestConfig, LoadError, Role, Runtime, Wasi};
 
 /// The header that carries the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -86,6 +86,8 @@ pub struct ServeOptions {
     pub outbound: Arc<AllowList>,
     /// The environment variables the handler sees.
     pub env: Arc<Vec<(String, String)>>,
+    /// What `wasi:config/store` gives the handler.
+    pub config: GuestConfig,
 }
 
 /// A loaded handler component, ready to serve; it can be replaced while
@@ -135,6 +137,7 @@ impl Handler {
                 component: Arc::from(name.as_str()),
                 outbound: options.outbound.clone(),
                 env: options.env.clone(),
+                config: options.config.clone(),
             },
             reuse: options.reuse,
             max_idle: options.max_concurrency,

@@ -51,6 +51,7 @@ fn options(max_concurrency: usize, request_timeout: Duration) -> ServeOptions {
         shutdown_grace: Duration::from_secs(5),
         outbound: Arc::new(AllowList::new(Vec::new())),
         env: Arc::new(Vec::new()),
+        config: crate::runtime::GuestConfig::default(),
     }
 }
 

@@ -35,7 +35,7 @@ use crate::http::slots::Slot;
 use crate::ops::metrics::Metrics;
 use crate::runtime::memory::MemoryBudget;
 use crate::runtime::outbound::AllowList;
-use crate::runtime::{HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
+use crate::runtime::{GuestConfig, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
 
 /// One request, as the handler gives it to an executor.
 pub struct Call {
@@ -160,6 +160,7 @@ pub struct StoreTemplate {
     pub component: Arc<str>,
     pub outbound: Arc<AllowList>,
     pub env: Arc<Vec<(String, String)>>,
+    pub config: GuestConfig,
 }
 
 impl StoreTemplate {
@@ -170,6 +171,7 @@ impl StoreTemplate {
             outbound: self.outbound.clone(),
             deadline,
             env: self.env.clone(),
+            config: self.config.clone(),
             span,
         }
     }

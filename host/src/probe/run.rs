@@ -111,6 +111,8 @@ pub struct ProbeOptions {
     pub allow_outbound: Vec<AllowRule>,
     /// The environment variables the probe sees.
     pub env: Arc<Vec<(String, String)>>,
+    /// What `wasi:config/store` gives the probe.
+    pub config: crate::runtime::GuestConfig,
 }
 
 /// A probe component aimed at one target, under a name for logs and
@@ -280,6 +282,7 @@ impl Prober {
                 outbound: self.outbound.clone(),
                 deadline: started + limit,
                 env: self.options.env.clone(),
+                config: self.options.config.clone(),
                 span: tracing::Span::current(),
             },
         );

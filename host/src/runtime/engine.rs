@@ -183,11 +183,13 @@ impl Runtime {
         let p2 = Engine::new(&config(Wasi::P2))?;
         let mut linker = Linker::new(&p2);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let p2 = Flavor { engine: p2, linker };
         let p3 = Engine::new(&config(Wasi::P3))?;
         let mut linker = Linker::new(&p3);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
@@ -386,6 +388,7 @@ impl Runtime {
             memory: GuestMemory::new(self.budget.clone(), self.limits.max_memory),
             deadline: setup.deadline,
             log_span,
+            config: setup.config,
         };
         let mut store = Store::new(&self.flavor(engine).engine, state);
         store.limiter(|state| &mut state.memory);

@@ -20,4 +20,4 @@ pub mod store;
 pub use component_scan::Wasi;
 pub use engine::{GuestLimits, Runtime};
 pub use load::{ComponentFile, LoadError, Role};
-pub use store::{is_deadline, HostState, StoreSetup};
+pub use store::{is_deadline, GuestConfig, HostState, StoreSetup};

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::runtime::guest_log::SharedSpan;
@@ -24,6 +25,7 @@ pub struct HostState {
     pub(super) memory: GuestMemory,
     pub(super) deadline: Instant,
     pub(super) log_span: SharedSpan,
+    pub(super) config: GuestConfig,
 }
 
 impl HostState {
@@ -86,8 +88,44 @@ pub struct StoreSetup {
     pub deadline: Instant,
     /// The environment variables the guest sees.
     pub env: Arc<Vec<(String, String)>>,
+    /// What `wasi:config/store` gives the guest.
+    pub config: GuestConfig,
     /// The span the guest's output is logged in (its request or probe run).
     pub span: tracing::Span,
+}
+
+impl HostState {
+    /// The guest's view of `wasi:config/store`.
+    pub(super) fn config(&mut self) -> WasiConfig<'_> {
+        WasiConfig::new(&self.config.vars)
+    }
+}
+
+/// What `wasi:config/store` gives one component. Shown by its keys only:
+/// the values may be secrets.
+#[derive(Clone, Default)]
+pub struct GuestConfig {
+    vars: Arc<WasiConfigVariables>,
+    keys: Arc<[String]>,
+}
+
+impl GuestConfig {
+    /// The store of these entries.
+    pub fn new(entries: std::collections::BTreeMap<String, String>) -> Self {
+        let keys = entries.keys().cloned().collect();
+        Self {
+            vars: Arc::new(entries.into_iter().collect()),
+            keys,
+        }
+    }
+}
+
+impl std::fmt::Debug for GuestConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestConfig")
+            .field("keys", &self.keys)
+            .finish()
+    }
 }
 
 impl WasiView for HostState {

@@ -75,6 +75,18 @@ pub struct Cli {
     )]
     pub component_env: Option<Vec<String>>,
 
+    /// Values every component reads through wasi:config/store, KEY=VALUE,
+    /// comma-separated or repeated; over the `config` tables of pulse.toml.
+    /// [default: none]
+    #[arg(
+        long,
+        env = "PULSE_CONFIG_VAR",
+        global = true,
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub config_var: Option<Vec<String>>,
+
     /// Do not watch component files for changes (SIGHUP still reloads).
     #[arg(long, env = "PULSE_NO_WATCH", global = true)]
     pub no_watch: bool,

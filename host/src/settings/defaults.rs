@@ -154,6 +154,7 @@ mod tests {
             "--memory-budget",
             "--cache-dir",
             "--component-env",
+            "--config-var",
             "--output",
             "--time-zone",
             "--concurrency-policy",

@@ -53,6 +53,7 @@ pub struct ConfigFile {
 pub struct HandlerSection {
     pub component: Option<PathBuf>,
     pub env: Option<BTreeMap<String, String>>,
+    pub config: Option<BTreeMap<String, ConfigValue>>,
     pub listen: Option<SocketAddr>,
     pub max_concurrency: Option<u32>,
     pub max_instance_reuse: Option<u32>,
@@ -74,6 +75,7 @@ pub struct ProbeSection {
     pub name: String,
     pub component: PathBuf,
     pub env: Option<BTreeMap<String, String>>,
+    pub config: Option<BTreeMap<String, ConfigValue>>,
     pub target: Option<Target>,
     pub schedule: Option<Expression>,
     pub time_zone: Option<Zone>,
@@ -104,4 +106,25 @@ impl ConfigFile {
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
     }
+}
+
+/// A value `wasi:config/store` gives a component, as `pulse.toml` writes
+/// it: the value itself, or `{ env = "NAME" }` for the value of pulse's
+/// environment variable NAME at start, so that a secret (from a Kubernetes
+/// Secret, say) never has to be written into the file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a string, or { env = \"VARIABLE\" } to read it from pulse's environment"
+)]
+pub enum ConfigValue {
+    Value(String),
+    FromEnv(FromEnv),
+}
+
+/// `{ env = "NAME" }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromEnv {
+    pub env: String,
 }

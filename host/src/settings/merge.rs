@@ -38,10 +38,11 @@ use crate::http::handler::{Reuse, ServeOptions};
 use crate::http::pace::Pace;
 use crate::probe::{ProbeOptions, Target};
 use crate::runtime::outbound::AllowList;
+use crate::runtime::GuestConfig;
 use crate::schedule::cron::{Expression, Policy, Schedule};
 use crate::settings::cli::{Cli, ProbeArgs, ProbeTuning, ServeArgs, WhenArgs};
 use crate::settings::defaults;
-use crate::settings::file::{ConfigFile, HandlerSection, ProbeSection};
+use crate::settings::file::{ConfigFile, ConfigValue, FromEnv, HandlerSection, ProbeSection};
 use crate::settings::units::{Dur, Size};
 
 /// The settings every command shares.
@@ -113,11 +114,12 @@ pub struct HandlerSettings {
     pub options: ServeOptions,
 }
 
-/// The handler settings from `args`, `--component-env` and the file's
-/// `[handler]` (read from `source`).
+/// The handler settings from `args`, the flags every component shares
+/// (`--component-env`, `--config-var`) and the file's `[handler]` (read
+/// from `source`).
 pub fn handler(
     args: &ServeArgs,
-    component_env: Option<&[String]>,
+    shared: Shared<'_>,
     file: &ConfigFile,
     source: &str,
 ) -> anyhow::Result<HandlerSettings> {
@@ -198,7 +200,8 @@ pub fn handler(
             defaults::SHUTDOWN_GRACE,
         ),
         outbound: Arc::new(AllowList::new(allow_outbound)),
-        env: component_environment(component_env, section.env.as_ref())?,
+        env: component_environment(shared.component_env, section.env.as_ref())?,
+        config: component_config(shared.config_var, section.config.as_ref(), "[handler]")?,
     };
     Ok(HandlerSettings {
         component,
@@ -231,6 +234,70 @@ pub fn component_environment(
     Ok(Arc::new(env.into_iter().collect()))
 }
 
+/// The flags every component shares.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shared<'a> {
+    pub component_env: Option<&'a [String]>,
+    pub config_var: Option<&'a [String]>,
+}
+
+impl<'a> Shared<'a> {
+    pub fn new(cli: &'a Cli) -> Self {
+        Self {
+            component_env: cli.component_env.as_deref(),
+            config_var: cli.config_var.as_deref(),
+        }
+    }
+}
+
+/// What `wasi:config/store` gives a component: the `config` table of its
+/// section (`table`, for errors), values read from pulse's environment
+/// where the file names a variable, and `--config-var KEY=VALUE` over them.
+pub fn component_config(
+    flag: Option<&[String]>,
+    section: Option<&BTreeMap<String, ConfigValue>>,
+    table: &str,
+) -> anyhow::Result<GuestConfig> {
+    let entries = config_entries(flag, section, table, |name| std::env::var(name).ok())?;
+    Ok(GuestConfig::new(entries))
+}
+
+/// [`component_config`]'s entries, with `lookup` for pulse's environment.
+fn config_entries(
+    flag: Option<&[String]>,
+    section: Option<&BTreeMap<String, ConfigValue>>,
+    table: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut config = BTreeMap::new();
+    for (key, value) in section.into_iter().flatten() {
+        let value = match value {
+            ConfigValue::Value(value) => value.clone(),
+            ConfigValue::FromEnv(FromEnv { env }) => lookup(env).ok_or_else(|| {
+                anyhow!(
+                    "{table} config {key:?} is read from the environment variable {env}, which is not set: \
+                     set it (from a Secret, in Kubernetes), or give the value"
+                )
+            })?,
+        };
+        config.insert(key.clone(), value);
+    }
+    for entry in flag
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.trim())
+        .filter(|e| !e.is_empty())
+    {
+        match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => {
+                config.insert(key.to_owned(), value.to_owned());
+            }
+            _ => bail!("invalid --config-var {entry:?}: write KEY=VALUE"),
+        }
+    }
+    Ok(config)
+}
+
 /// One probe, ready to load and schedule.
 #[derive(Debug)]
 pub struct ProbeSettings {
@@ -249,7 +316,7 @@ pub struct ProbeSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeFlags<'a> {
     pub component: Option<&'a PathBuf>,
-    pub component_env: Option<&'a [String]>,
+    pub shared: Shared<'a>,
     pub target: Option<&'a Target>,
     pub tuning: &'a ProbeTuning,
     pub when: &'a WhenArgs,
@@ -260,7 +327,7 @@ impl<'a> ProbeFlags<'a> {
     pub fn new(cli: &'a Cli, probe: &'a ProbeArgs, when: &'a WhenArgs) -> Self {
         Self {
             component: probe.probe.as_ref(),
-            component_env: cli.component_env.as_deref(),
+            shared: Shared::new(cli),
             target: probe.target.as_ref(),
             tuning: &probe.tuning,
             when,
@@ -331,7 +398,12 @@ fn probe(
             .clone()
             .or_else(|| section.allow_outbound.clone())
             .unwrap_or_default(),
-        env: component_environment(flags.component_env, section.env.as_ref())?,
+        env: component_environment(flags.shared.component_env, section.env.as_ref())?,
+        config: component_config(
+            flags.shared.config_var,
+            section.config.as_ref(),
+            &format!("[[probe]] {:?}", section.name),
+        )?,
     };
     let expression = when
         .schedule

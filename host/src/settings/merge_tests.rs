@@ -24,13 +24,7 @@ fn serve(args: &[&str], toml: &str) -> HandlerSettings {
     let Command::Serve(serve) = &cli.command else {
         panic!("not serve")
     };
-    handler(
-        serve,
-        cli.component_env.as_deref(),
-        &file(toml),
-        "pulse.toml",
-    )
-    .unwrap()
+    handler(serve, Shared::new(&cli), &file(toml), "pulse.toml").unwrap()
 }
 
 /// The probes of `schedule ARGS` with `toml` as the config file.
@@ -201,7 +195,7 @@ fn the_handler_component_comes_from_the_flag_or_the_file() {
     };
     let from_file = handler(
         args,
-        None,
+        Shared::default(),
         &file("[handler]\ncomponent = \"b.wasm\"\n"),
         "pulse.toml",
     )
@@ -211,7 +205,7 @@ fn the_handler_component_comes_from_the_flag_or_the_file() {
         from_file.component_source,
         "pulse.toml: [handler] component"
     );
-    let missing = handler(args, None, &file(""), "pulse.toml")
+    let missing = handler(args, Shared::default(), &file(""), "pulse.toml")
         .unwrap_err()
         .to_string();
     assert!(missing.contains("--handler"), "{missing}");
@@ -475,7 +469,7 @@ fn probe_names_must_be_unique_and_present() {
     };
     let flags = ProbeFlags {
         component: None,
-        component_env: None,
+        shared: Shared::default(),
         target: None,
         tuning: &args.probe.tuning,
         when: &args.when,
@@ -492,4 +486,74 @@ fn probe_names_must_be_unique_and_present() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("--probe"), "{error}");
+}
+
+#[test]
+fn config_comes_from_the_file_the_environment_it_names_and_the_flag() {
+    let toml = "[handler]\nconfig = { greeting = \"hello\", password = { env = \"DB_PASSWORD\" }, kept = \"file\" }\n";
+    let section = file(toml).handler.unwrap().config;
+    let flag = ["kept=flag".to_owned(), "extra=1=2".to_owned()];
+    let lookup = |name: &str| (name == "DB_PASSWORD").then(|| "s3cret".to_owned());
+    let entries = config_entries(Some(&flag), section.as_ref(), "[handler]", lookup).unwrap();
+    let expected: BTreeMap<String, String> = [
+        ("extra", "1=2"),
+        ("greeting", "hello"),
+        ("kept", "flag"),
+        ("password", "s3cret"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    assert_eq!(entries, expected);
+
+    let unset = config_entries(None, section.as_ref(), "[handler]", |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        unset.contains("\"password\"")
+            && unset.contains("DB_PASSWORD")
+            && unset.contains("not set"),
+        "{unset}"
+    );
+    let bad = config_entries(Some(&["novalue".to_owned()]), None, "[handler]", |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        bad.contains("--config-var") && bad.contains("novalue"),
+        "{bad}"
+    );
+    let wrong = ConfigFile::parse("[handler]\nconfig = { port = 80 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        wrong.contains("env = \\\"VARIABLE\\\"") || wrong.contains("a string"),
+        "{wrong}"
+    );
+}
+
+#[test]
+fn a_bad_config_var_is_refused_for_handler_and_probes() {
+    let cli = cli(&[
+        "run",
+        "--handler",
+        "h.wasm",
+        "--probe",
+        "p.wasm",
+        "--config-var",
+        "bad",
+    ]);
+    let Command::Run(args) = &cli.command else {
+        panic!("not run")
+    };
+    let error = handler(&args.serve, Shared::new(&cli), &file(""), "pulse.toml").unwrap_err();
+    assert!(
+        error.to_string().contains("--config-var \"bad\""),
+        "{error}"
+    );
+    let flags = ProbeFlags::new(&cli, &args.probe, &args.when);
+    let error = probes(flags, &file(""), "pulse.toml").unwrap_err();
+    assert!(
+        error.to_string().contains("--config-var \"bad\""),
+        "{error}"
+    );
 }

@@ -420,3 +420,73 @@ async fn components_see_only_the_environment_they_are_given() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(bad.stderr.contains("NOEQUALS"), "{}", bad.stderr);
 }
+
+/// wasi:config/store gives a component the `config` table of its section,
+/// values named from pulse's environment (a secret never written in the
+/// file), and `--config-var` over them; a variable the file names but the
+/// environment lacks is refused at start, naming both.
+#[tokio::test]
+async fn components_read_their_config_from_the_file_the_environment_and_the_flag() {
+    let dir = common::scratch_dir("wasi-config");
+    let config = dir.join("pulse.toml");
+    std::fs::write(
+        &config,
+        "[handler]\nconfig = { greeting = \"hello\", password = { env = \"TEST_DB_PASSWORD\" }, kept = \"file\" }\n",
+    )
+    .unwrap();
+    let mut command = pulse_command();
+    command.env("TEST_DB_PASSWORD", "s3cret");
+    let handler = component("faulty");
+    let mut pulse = Pulse::spawn_command(
+        command,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--handler",
+            handler.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--config-var",
+            "kept=flag",
+        ],
+    );
+    let addr = pulse.listening_addr().await;
+    for (key, value) in [
+        ("greeting", "hello"),
+        ("password", "s3cret"),
+        ("kept", "flag"),
+        ("absent", "unset"),
+    ] {
+        let (status, _, body) = http(addr, Method::GET, &format!("/config?key={key}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("{value}\n"),
+            "{key}"
+        );
+    }
+    assert!(
+        !pulse.stderr().contains("s3cret"),
+        "the secret is never logged"
+    );
+
+    let missing = run_in(
+        pulse_command(),
+        &[
+            "serve",
+            "--handler",
+            handler.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        missing.stderr.contains("TEST_DB_PASSWORD") && missing.stderr.contains("\"password\""),
+        "{}",
+        missing.stderr
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
