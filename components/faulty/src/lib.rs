@@ -16,6 +16,9 @@
 //! - `/env?name=N` answers with the environment variable N, or `unset`;
 //! - `/config?key=K` answers with what wasi:config/store holds for K, or
 //!   `unset`;
+//! - `/kv/incr?key=K&store=S` adds 1 to K in the keyvalue store S (the
+//!   default store without S) and answers with the sum, or 500 with the
+//!   error;
 //! - `/print` writes lines to stdout and stderr, one of them 100 KB long;
 //! - `/print-parts` writes one stderr line in six writes, each through a
 //!   stream handle of its own (as `get-stderr` per write gives);
@@ -35,6 +38,7 @@ wit_bindgen::generate!({
             include wasi:http/proxy@0.2.12;
             include pulse:probe/probe@0.1.0;
             include wasi:config/imports@0.2.0-rc.1;
+            include wasi:keyvalue/imports@0.2.0-draft;
         }
     "#,
     path: "../../wit",
@@ -183,6 +187,16 @@ impl Handler for Faulty {
                     Err(e) => format!("error: {e:?}"),
                 };
                 respond(response_out, 200, format!("{value}\n").as_bytes());
+            }
+            "/kv/incr" => {
+                let store = query_value(&path, "store").unwrap_or("");
+                let key = query_value(&path, "key").unwrap_or("counter");
+                let sum = wasi::keyvalue::store::open(store)
+                    .and_then(|bucket| wasi::keyvalue::atomics::increment(&bucket, key, 1));
+                match sum {
+                    Ok(sum) => respond(response_out, 200, format!("{sum}\n").as_bytes()),
+                    Err(e) => respond(response_out, 500, format!("{e:?}\n").as_bytes()),
+                }
             }
             "/print-parts" => {
                 for part in ["start a print ", "1", "2", "3", "4", "\n"] {

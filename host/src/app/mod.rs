@@ -63,7 +63,8 @@ async fn serve_command(
     file: ConfigFile,
     source: String,
 ) -> anyhow::Result<ExitCode> {
-    let handler = merge::handler(args, merge::Shared::new(cli), &file, &source)?;
+    let stores = merge::keyvalue_stores(&file, &source)?;
+    let handler = merge::handler(args, merge::Shared::new(cli, &stores), &file, &source)?;
     let workload = Workload {
         handler: Some(handler),
         probes: None,
@@ -79,7 +80,8 @@ async fn schedule_command(
     file: ConfigFile,
     source: String,
 ) -> anyhow::Result<ExitCode> {
-    let flags = ProbeFlags::new(cli, &args.probe, &args.when);
+    let stores = merge::keyvalue_stores(&file, &source)?;
+    let flags = ProbeFlags::new(merge::Shared::new(cli, &stores), &args.probe, &args.when);
     let probes = Scheduled {
         settings: merge::probes(flags, &file, &source)?,
         state_dir: open_state_dir(&args.when, &file)?,
@@ -100,7 +102,8 @@ async fn probe_command(
     source: String,
 ) -> anyhow::Result<ExitCode> {
     let when = WhenArgs::default();
-    let flags = ProbeFlags::new(cli, args, &when);
+    let stores = merge::keyvalue_stores(&file, &source)?;
+    let flags = ProbeFlags::new(merge::Shared::new(cli, &stores), args, &when);
     let settings = merge::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, None)?;
     let components = start.load_probe_components(&settings).await?;
@@ -126,8 +129,10 @@ async fn run_command(
     file: ConfigFile,
     source: String,
 ) -> anyhow::Result<ExitCode> {
-    let handler = merge::handler(&args.serve, merge::Shared::new(cli), &file, &source)?;
-    let flags = ProbeFlags::new(cli, &args.probe, &args.when);
+    let stores = merge::keyvalue_stores(&file, &source)?;
+    let shared = merge::Shared::new(cli, &stores);
+    let handler = merge::handler(&args.serve, shared, &file, &source)?;
+    let flags = ProbeFlags::new(shared, &args.probe, &args.when);
     let probes = Scheduled {
         settings: merge::probes(flags, &file, &source)?,
         state_dir: open_state_dir(&args.when, &file)?,

@@ -88,6 +88,8 @@ pub struct ServeOptions {
     pub env: Arc<Vec<(String, String)>>,
     /// What `wasi:config/store` gives the handler.
     pub config: GuestConfig,
+    /// The `wasi:keyvalue` stores the handler may open.
+    pub keyvalue: crate::runtime::keyvalue::Opened,
 }
 
 /// A loaded handler component, ready to serve; it can be replaced while
@@ -138,6 +140,7 @@ impl Handler {
                 outbound: options.outbound.clone(),
                 env: options.env.clone(),
                 config: options.config.clone(),
+                keyvalue: options.keyvalue.clone(),
             },
             reuse: options.reuse,
             max_idle: options.max_concurrency,

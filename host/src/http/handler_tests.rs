@@ -52,6 +52,7 @@ fn options(max_concurrency: usize, request_timeout: Duration) -> ServeOptions {
         outbound: Arc::new(AllowList::new(Vec::new())),
         env: Arc::new(Vec::new()),
         config: crate::runtime::GuestConfig::default(),
+        keyvalue: crate::runtime::keyvalue::Opened::default(),
     }
 }
 

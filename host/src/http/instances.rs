@@ -33,6 +33,7 @@ use wasmtime_wasi_http::p3::bindings::ServicePre;
 use crate::http::body::GuardedBody;
 use crate::http::slots::Slot;
 use crate::ops::metrics::Metrics;
+use crate::runtime::keyvalue::Opened;
 use crate::runtime::memory::MemoryBudget;
 use crate::runtime::outbound::AllowList;
 use crate::runtime::{GuestConfig, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
@@ -161,6 +162,7 @@ pub struct StoreTemplate {
     pub outbound: Arc<AllowList>,
     pub env: Arc<Vec<(String, String)>>,
     pub config: GuestConfig,
+    pub keyvalue: Opened,
 }
 
 impl StoreTemplate {
@@ -172,6 +174,7 @@ impl StoreTemplate {
             deadline,
             env: self.env.clone(),
             config: self.config.clone(),
+            keyvalue: self.keyvalue.clone(),
             span,
         }
     }

@@ -113,6 +113,8 @@ pub struct ProbeOptions {
     pub env: Arc<Vec<(String, String)>>,
     /// What `wasi:config/store` gives the probe.
     pub config: crate::runtime::GuestConfig,
+    /// The `wasi:keyvalue` stores the probe may open.
+    pub keyvalue: crate::runtime::keyvalue::Opened,
 }
 
 /// A probe component aimed at one target, under a name for logs and
@@ -283,6 +285,7 @@ impl Prober {
                 deadline: started + limit,
                 env: self.options.env.clone(),
                 config: self.options.config.clone(),
+                keyvalue: self.options.keyvalue.clone(),
                 span: tracing::Span::current(),
             },
         );

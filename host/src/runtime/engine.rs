@@ -184,12 +184,14 @@ impl Runtime {
         let mut linker = Linker::new(&p2);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)?;
+        crate::runtime::keyvalue::add_to_linker(&mut linker, HostState::keyvalue)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         let p2 = Flavor { engine: p2, linker };
         let p3 = Engine::new(&config(Wasi::P3))?;
         let mut linker = Linker::new(&p3);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)?;
+        crate::runtime::keyvalue::add_to_linker(&mut linker, HostState::keyvalue)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
@@ -389,6 +391,8 @@ impl Runtime {
             deadline: setup.deadline,
             log_span,
             config: setup.config,
+            keyvalue: setup.keyvalue,
+            component: setup.component.clone(),
         };
         let mut store = Store::new(&self.flavor(engine).engine, state);
         store.limiter(|state| &mut state.memory);

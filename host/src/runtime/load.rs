@@ -112,7 +112,7 @@ pub enum LoadError {
         path: PathBuf,
         reason: precompiled::Refused,
     },
-    #[error("the {role} component {path} cannot be linked: {reason}. pulse provides the WASI 0.2 interfaces (wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, wasi:sockets, wasi:http) and wasi:config/store@0.2.0-rc.1, and to WASI 0.3 handlers also the interfaces of WASI 0.3, and nothing else")]
+    #[error("the {role} component {path} cannot be linked: {reason}. pulse provides the WASI 0.2 interfaces (wasi:cli, wasi:clocks, wasi:filesystem, wasi:io, wasi:random, wasi:sockets, wasi:http) wasi:config/store@0.2.0-rc.1 and wasi:keyvalue@0.2.0-draft (store, atomics, batch), and to WASI 0.3 handlers also the interfaces of WASI 0.3, and nothing else")]
     Link {
         role: &'static str,
         path: PathBuf,

@@ -10,6 +10,7 @@
 pub mod component_scan;
 pub mod engine;
 pub mod guest_log;
+pub mod keyvalue;
 pub mod load;
 pub mod memory;
 pub mod outbound;

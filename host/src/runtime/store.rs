@@ -12,6 +12,7 @@ use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::runtime::guest_log::SharedSpan;
+use crate::runtime::keyvalue::{KeyValue, Opened};
 use crate::runtime::memory::{GuestMemory, Refusal};
 use crate::runtime::outbound::{AllowList, HttpHooks};
 
@@ -26,6 +27,9 @@ pub struct HostState {
     pub(super) deadline: Instant,
     pub(super) log_span: SharedSpan,
     pub(super) config: GuestConfig,
+    pub(super) keyvalue: Opened,
+    /// The component's name, for logs.
+    pub(super) component: Arc<str>,
 }
 
 impl HostState {
@@ -90,6 +94,8 @@ pub struct StoreSetup {
     pub env: Arc<Vec<(String, String)>>,
     /// What `wasi:config/store` gives the guest.
     pub config: GuestConfig,
+    /// The `wasi:keyvalue` stores the guest may open.
+    pub keyvalue: Opened,
     /// The span the guest's output is logged in (its request or probe run).
     pub span: tracing::Span,
 }
@@ -98,6 +104,15 @@ impl HostState {
     /// The guest's view of `wasi:config/store`.
     pub(super) fn config(&mut self) -> WasiConfig<'_> {
         WasiConfig::new(&self.config.vars)
+    }
+
+    /// The guest's view of `wasi:keyvalue`.
+    pub(super) fn keyvalue(&mut self) -> KeyValue<'_> {
+        KeyValue {
+            opened: &self.keyvalue,
+            table: &mut self.table,
+            component: &self.component,
+        }
     }
 }
 

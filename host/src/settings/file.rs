@@ -42,6 +42,9 @@ pub struct ConfigFile {
     pub state_dir: Option<PathBuf>,
     /// The HTTP handler and its limits.
     pub handler: Option<HandlerSection>,
+    /// The `wasi:keyvalue` stores, by name.
+    #[serde(default)]
+    pub keyvalue: BTreeMap<String, StoreSection>,
     /// Any number of named probes.
     #[serde(default, rename = "probe")]
     pub probes: Vec<ProbeSection>,
@@ -54,6 +57,7 @@ pub struct HandlerSection {
     pub component: Option<PathBuf>,
     pub env: Option<BTreeMap<String, String>>,
     pub config: Option<BTreeMap<String, ConfigValue>>,
+    pub keyvalue: Option<Vec<String>>,
     pub listen: Option<SocketAddr>,
     pub max_concurrency: Option<u32>,
     pub max_instance_reuse: Option<u32>,
@@ -76,6 +80,7 @@ pub struct ProbeSection {
     pub component: PathBuf,
     pub env: Option<BTreeMap<String, String>>,
     pub config: Option<BTreeMap<String, ConfigValue>>,
+    pub keyvalue: Option<Vec<String>>,
     pub target: Option<Target>,
     pub schedule: Option<Expression>,
     pub time_zone: Option<Zone>,
@@ -127,4 +132,14 @@ pub enum ConfigValue {
 #[serde(deny_unknown_fields)]
 pub struct FromEnv {
     pub env: String,
+}
+
+/// One `[keyvalue.NAME]` store.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// Where its values live: `memory` (this process only).
+    pub backend: String,
+    /// What a `memory` store holds to begin with.
+    pub data: Option<BTreeMap<String, String>>,
 }

@@ -37,6 +37,7 @@ use anyhow::{anyhow, bail};
 use crate::http::handler::{Reuse, ServeOptions};
 use crate::http::pace::Pace;
 use crate::probe::{ProbeOptions, Target};
+use crate::runtime::keyvalue::{Backend, Memory, Opened, Stores};
 use crate::runtime::outbound::AllowList;
 use crate::runtime::GuestConfig;
 use crate::schedule::cron::{Expression, Policy, Schedule};
@@ -202,6 +203,12 @@ pub fn handler(
         outbound: Arc::new(AllowList::new(allow_outbound)),
         env: component_environment(shared.component_env, section.env.as_ref())?,
         config: component_config(shared.config_var, section.config.as_ref(), "[handler]")?,
+        keyvalue: opened(
+            shared.stores,
+            section.keyvalue.as_ref(),
+            "[handler]",
+            source,
+        )?,
     };
     Ok(HandlerSettings {
         component,
@@ -234,20 +241,50 @@ pub fn component_environment(
     Ok(Arc::new(env.into_iter().collect()))
 }
 
-/// The flags every component shares.
-#[derive(Clone, Copy, Debug, Default)]
+/// What every component's settings are made with: the flags they share,
+/// and the process's keyvalue stores.
+#[derive(Clone, Copy, Debug)]
 pub struct Shared<'a> {
     pub component_env: Option<&'a [String]>,
     pub config_var: Option<&'a [String]>,
+    pub stores: &'a Stores,
 }
 
 impl<'a> Shared<'a> {
-    pub fn new(cli: &'a Cli) -> Self {
+    pub fn new(cli: &'a Cli, stores: &'a Stores) -> Self {
         Self {
             component_env: cli.component_env.as_deref(),
             config_var: cli.config_var.as_deref(),
+            stores,
         }
     }
+}
+
+/// The `[keyvalue.NAME]` stores of `file` (read from `source`), made once
+/// per process.
+pub fn keyvalue_stores(file: &ConfigFile, source: &str) -> anyhow::Result<Stores> {
+    let mut stores: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
+    for (name, store) in &file.keyvalue {
+        let backend: Arc<dyn Backend> = match store.backend.as_str() {
+            "memory" => Arc::new(Memory::seeded(store.data.clone().unwrap_or_default())),
+            other => bail!(
+                "{source}: [keyvalue.{name}] backend {other:?} is not one pulse provides: use \"memory\" (this process only)"
+            ),
+        };
+        stores.insert(name.clone(), backend);
+    }
+    Ok(Arc::new(stores))
+}
+
+/// The stores of `stores` that `names` (from `table`) lists.
+fn opened(
+    stores: &Stores,
+    names: Option<&Vec<String>>,
+    table: &str,
+    source: &str,
+) -> anyhow::Result<Opened> {
+    Opened::of(stores, names.map_or(&[][..], Vec::as_slice), table)
+        .map_err(|e| anyhow!("{source}: {table} keyvalue: {e}"))
 }
 
 /// What `wasi:config/store` gives a component: the `config` table of its
@@ -324,10 +361,10 @@ pub struct ProbeFlags<'a> {
 
 impl<'a> ProbeFlags<'a> {
     /// The flags of a command's probe and schedule sections.
-    pub fn new(cli: &'a Cli, probe: &'a ProbeArgs, when: &'a WhenArgs) -> Self {
+    pub fn new(shared: Shared<'a>, probe: &'a ProbeArgs, when: &'a WhenArgs) -> Self {
         Self {
             component: probe.probe.as_ref(),
-            shared: Shared::new(cli),
+            shared,
             target: probe.target.as_ref(),
             tuning: &probe.tuning,
             when,
@@ -403,6 +440,12 @@ fn probe(
             flags.shared.config_var,
             section.config.as_ref(),
             &format!("[[probe]] {:?}", section.name),
+        )?,
+        keyvalue: opened(
+            flags.shared.stores,
+            section.keyvalue.as_ref(),
+            &format!("[[probe]] {:?}", section.name),
+            where_,
         )?,
     };
     let expression = when

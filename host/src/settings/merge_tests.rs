@@ -24,8 +24,21 @@ fn serve(args: &[&str], toml: &str) -> HandlerSettings {
     let Command::Serve(serve) = &cli.command else {
         panic!("not serve")
     };
-    handler(serve, Shared::new(&cli), &file(toml), "pulse.toml").unwrap()
+    let file = file(toml);
+    let stores = keyvalue_stores(&file, "pulse.toml").unwrap();
+    handler(serve, Shared::new(&cli, &stores), &file, "pulse.toml").unwrap()
 }
+
+/// No shared flags and no keyvalue stores.
+fn no_flags(stores: &Stores) -> Shared<'_> {
+    Shared {
+        component_env: None,
+        config_var: None,
+        stores,
+    }
+}
+
+static NO_STORES: std::sync::LazyLock<Stores> = std::sync::LazyLock::new(Stores::default);
 
 /// The probes of `schedule ARGS` with `toml` as the config file.
 fn schedule(args: &[&str], toml: &str) -> Vec<ProbeSettings> {
@@ -35,8 +48,10 @@ fn schedule(args: &[&str], toml: &str) -> Vec<ProbeSettings> {
     let Command::Schedule(schedule) = &cli.command else {
         panic!("not schedule")
     };
-    let flags = ProbeFlags::new(&cli, &schedule.probe, &schedule.when);
-    probes(flags, &file(toml), "pulse.toml").unwrap()
+    let file = file(toml);
+    let stores = keyvalue_stores(&file, "pulse.toml").unwrap();
+    let flags = ProbeFlags::new(Shared::new(&cli, &stores), &schedule.probe, &schedule.when);
+    probes(flags, &file, "pulse.toml").unwrap()
 }
 
 /// For one handler setting: the default with neither, the file's value
@@ -195,7 +210,7 @@ fn the_handler_component_comes_from_the_flag_or_the_file() {
     };
     let from_file = handler(
         args,
-        Shared::default(),
+        no_flags(&NO_STORES),
         &file("[handler]\ncomponent = \"b.wasm\"\n"),
         "pulse.toml",
     )
@@ -205,7 +220,7 @@ fn the_handler_component_comes_from_the_flag_or_the_file() {
         from_file.component_source,
         "pulse.toml: [handler] component"
     );
-    let missing = handler(args, Shared::default(), &file(""), "pulse.toml")
+    let missing = handler(args, no_flags(&NO_STORES), &file(""), "pulse.toml")
         .unwrap_err()
         .to_string();
     assert!(missing.contains("--handler"), "{missing}");
@@ -469,7 +484,7 @@ fn probe_names_must_be_unique_and_present() {
     };
     let flags = ProbeFlags {
         component: None,
-        shared: Shared::default(),
+        shared: no_flags(&NO_STORES),
         target: None,
         tuning: &args.probe.tuning,
         when: &args.when,
@@ -545,12 +560,19 @@ fn a_bad_config_var_is_refused_for_handler_and_probes() {
     let Command::Run(args) = &cli.command else {
         panic!("not run")
     };
-    let error = handler(&args.serve, Shared::new(&cli), &file(""), "pulse.toml").unwrap_err();
+    let stores = Stores::default();
+    let error = handler(
+        &args.serve,
+        Shared::new(&cli, &stores),
+        &file(""),
+        "pulse.toml",
+    )
+    .unwrap_err();
     assert!(
         error.to_string().contains("--config-var \"bad\""),
         "{error}"
     );
-    let flags = ProbeFlags::new(&cli, &args.probe, &args.when);
+    let flags = ProbeFlags::new(Shared::new(&cli, &stores), &args.probe, &args.when);
     let error = probes(flags, &file(""), "pulse.toml").unwrap_err();
     assert!(
         error.to_string().contains("--config-var \"bad\""),

@@ -490,3 +490,75 @@ async fn components_read_their_config_from_the_file_the_environment_and_the_flag
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// wasi:keyvalue on the memory backend: one store per name and process,
+/// shared by every instance (fresh ones here), seeded from the file; a
+/// component opens only the stores its section lists, and bad store
+/// settings are refused at start, naming them.
+#[tokio::test]
+async fn components_keep_state_in_the_keyvalue_stores_they_list() {
+    let dir = common::scratch_dir("wasi-keyvalue");
+    let config = dir.join("pulse.toml");
+    std::fs::write(
+        &config,
+        "[keyvalue.default]\nbackend = \"memory\"\n\n[keyvalue.seeded]\nbackend = \"memory\"\ndata = { counter = \"41\" }\n\n[keyvalue.private]\nbackend = \"memory\"\n\n[handler]\nkeyvalue = [\"default\", \"seeded\"]\n",
+    )
+    .unwrap();
+    let handler = component("faulty");
+    let (mut pulse, addr) =
+        common::serve_with(&handler, &["--config", config.to_str().unwrap()]).await;
+    for expected in ["1", "2", "3"] {
+        let (status, _, body) = http(addr, Method::GET, "/kv/incr?key=hits").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            String::from_utf8_lossy(&body).trim(),
+            expected,
+            "a fresh instance sees the last one's increment"
+        );
+    }
+    let (_, _, body) = http(addr, Method::GET, "/kv/incr?store=seeded&key=counter").await;
+    assert_eq!(String::from_utf8_lossy(&body).trim(), "42");
+    let (status, _, body) = http(addr, Method::GET, "/kv/incr?store=private&key=x").await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        String::from_utf8_lossy(&body).contains("AccessDenied"),
+        "{body:?}"
+    );
+    let denied = pulse
+        .wait_for_stderr(|l| l["event"] == "keyvalue_denied")
+        .await;
+    assert_eq!(denied["store"], "private");
+    assert_eq!(denied["component"], "faulty");
+    assert_eq!(denied["section"], "[handler]");
+
+    for (toml, names) in [
+        (
+            "[handler]\nkeyvalue = [\"nowhere\"]\n",
+            ["\"nowhere\"", "[keyvalue.nowhere]"],
+        ),
+        (
+            "[keyvalue.default]\nbackend = \"etcd\"\n",
+            ["\"etcd\"", "memory"],
+        ),
+    ] {
+        std::fs::write(&config, toml).unwrap();
+        let refused = run_in(
+            pulse_command(),
+            &[
+                "serve",
+                "--handler",
+                handler.to_str().unwrap(),
+                "--config",
+                config.to_str().unwrap(),
+            ],
+        )
+        .await;
+        assert_eq!(refused.status.code(), Some(2), "{toml}");
+        assert!(
+            names.iter().all(|n| refused.stderr.contains(n)),
+            "{names:?} in {}",
+            refused.stderr
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
