@@ -161,6 +161,23 @@ def check_labels(pod_template, where, role):
     check(all(labels.get(k) == v for k, v in LABELS[role].items()), f"{where}: pods must be labelled {LABELS[role]}, have {labels}")
 
 
+def check_hpa(hpa, api, where):
+    """The api's autoscaler: autoscaling/v2 on CPU, from at least 2 replicas,
+    with room to grow, a scale-down stabilisation window, and CPU requests
+    on the pods it measures against."""
+    target = hpa["scaleTargetRef"]
+    check(target.get("kind") == "Deployment" and target.get("apiVersion") == "apps/v1", f"{where}: the HorizontalPodAutoscaler must target the api Deployment (apps/v1)")
+    check(hpa.get("minReplicas", 1) >= 2, f"{where}: the HorizontalPodAutoscaler must keep at least 2 api replicas")
+    check(hpa.get("maxReplicas", 0) > hpa.get("minReplicas", 1), f"{where}: the HorizontalPodAutoscaler's maxReplicas must exceed minReplicas")
+    cpu = [m for m in hpa.get("metrics", []) if m.get("type") == "Resource" and m["resource"]["name"] == "cpu"]
+    check(bool(cpu) and 0 < cpu[0]["resource"]["target"].get("averageUtilization", 0) <= 90,
+          f"{where}: the HorizontalPodAutoscaler must scale on CPU utilisation (at most 90 %)")
+    down = hpa.get("behavior", {}).get("scaleDown", {})
+    check(down.get("stabilizationWindowSeconds", 0) >= 60, f"{where}: the HorizontalPodAutoscaler needs a scale-down stabilisation window of at least 60 s")
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    check("cpu" in container.get("resources", {}).get("requests", {}), f"{where}: the api container needs a CPU request for CPU utilisation to mean anything")
+
+
 def check_api(objects, where, delivery):
     configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
     service = one(objects, "Service", "api", where)
@@ -172,7 +189,12 @@ def check_api(objects, where, delivery):
     if not api:
         return
     spec = api["spec"]
-    check(spec.get("replicas", 1) >= 2, f"{where}: api must run at least 2 replicas")
+    hpa = [o for o in objects if o["kind"] == "HorizontalPodAutoscaler" and o["spec"]["scaleTargetRef"].get("name") == "api"]
+    if hpa:
+        check_hpa(hpa[0]["spec"], api, where)
+        check("replicas" not in spec, f"{where}: api is scaled by a HorizontalPodAutoscaler, so its Deployment must set no replicas (kubectl apply would reset the count)")
+    else:
+        check(spec.get("replicas", 1) >= 2, f"{where}: api must run at least 2 replicas")
     check(spec["selector"].get("matchLabels") == LABELS["api"], f"{where}: api selector must be {LABELS['api']}")
     pod = spec["template"]
     check_labels(pod, f"{where} Deployment api", "api")
