@@ -90,12 +90,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    // One worker per CPU the process may use: Rust's available_parallelism
+    // reads the cgroup's CPU quota (v1 and v2), so a pod with
+    // `limits.cpu: 1` on a 64-core node gets 1 worker, not 64.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     // A worker that runs guests checks for I/O and timers every few task
     // polls rather than tokio's default 61: a guest yields at every epoch
     // tick, so even with every worker busy in guests, new connections, the
     // admin port and signals are seen within a few ticks.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(workers)
         .event_interval(EVENT_INTERVAL)
         .build()
     {
@@ -105,6 +110,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
+    tracing::info!(
+        event = "async_runtime",
+        worker_threads = workers,
+        "async runtime started"
+    );
     let code = match runtime.block_on(app::run(cli)) {
         Ok(code) => code,
         Err(e) => {

@@ -101,3 +101,99 @@ async fn sigterm_stops_the_server_cleanly() {
         "port still open after shutdown"
     );
 }
+
+/// A cgroup that limits its processes to one CPU, as a pod's
+/// `limits.cpu: 1` does; removed when dropped.
+struct OneCpu {
+    dir: std::path::PathBuf,
+}
+
+impl OneCpu {
+    /// `None` where this machine gives no writable cgroup CPU controller
+    /// (not root, or a container that hides it).
+    fn new(name: &str) -> Option<Self> {
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        let (dir, files): (_, Vec<(&str, &str)>) = if root.join("cgroup.controllers").exists() {
+            // cgroup v2: the cpu controller must be on for the children.
+            std::fs::write(root.join("cgroup.subtree_control"), "+cpu").ok()?;
+            (root.join(name), vec![("cpu.max", "100000 100000")])
+        } else {
+            (
+                root.join("cpu").join(name),
+                vec![
+                    ("cpu.cfs_period_us", "100000"),
+                    ("cpu.cfs_quota_us", "100000"),
+                ],
+            )
+        };
+        std::fs::create_dir_all(&dir).ok()?;
+        for (file, value) in files {
+            std::fs::write(dir.join(file), value).ok()?;
+        }
+        Some(Self { dir })
+    }
+
+    /// A command that runs `pulse` inside this cgroup.
+    fn command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("sh");
+        let procs = self.dir.join("cgroup.procs");
+        command.args([
+            "-c",
+            &format!("echo $$ > {} && exec \"$0\" \"$@\"", procs.display()),
+            common::pulse_bin().to_str().unwrap(),
+        ]);
+        command
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The async runtime has a worker per CPU the process may use, read from
+/// the cgroup's quota: a pod limited to one CPU on a bigger node gets one
+/// worker, not one per core.
+#[tokio::test]
+async fn the_runtime_has_a_worker_per_cpu_of_the_cgroup_quota() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (mut free, _) = start().await;
+    let line = free
+        .wait_for_stderr(|l| l["event"] == "async_runtime")
+        .await;
+    assert_eq!(
+        line["worker_threads"], cores as u64,
+        "one worker per core without a quota"
+    );
+    assert!(free.terminate().await.success());
+
+    let Some(quota) = OneCpu::new(&format!("pulse-test-{}", std::process::id())) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI this test needs a writable cgroup CPU controller (root)"
+        );
+        eprintln!("SKIPPED: no writable cgroup CPU controller here (run as root)");
+        return;
+    };
+    let health = component("health");
+    let mut limited = Pulse::spawn_command(
+        quota.command(),
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--handler",
+            health.to_str().unwrap(),
+        ],
+    );
+    let line = limited
+        .wait_for_stderr(|l| l["event"] == "async_runtime")
+        .await;
+    assert_eq!(
+        line["worker_threads"], 1,
+        "one worker for a quota of one CPU"
+    );
+    assert!(limited.terminate().await.success());
+    drop(quota);
+}
