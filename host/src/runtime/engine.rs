@@ -182,17 +182,11 @@ impl Runtime {
         };
         let p2 = Engine::new(&config(Wasi::P2))?;
         let mut linker = Linker::new(&p2);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)?;
-        crate::runtime::keyvalue::add_to_linker(&mut linker, HostState::keyvalue)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        link_wasi_0_2(&mut linker)?;
         let p2 = Flavor { engine: p2, linker };
         let p3 = Engine::new(&config(Wasi::P3))?;
         let mut linker = Linker::new(&p3);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        wasmtime_wasi_config::add_to_linker(&mut linker, HostState::config)?;
-        crate::runtime::keyvalue::add_to_linker(&mut linker, HostState::keyvalue)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        link_wasi_0_2(&mut linker)?;
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
         let p3 = Flavor { engine: p3, linker };
@@ -406,6 +400,16 @@ impl Runtime {
         });
         store
     }
+}
+
+/// Links what every component may import into `linker`: WASI 0.2,
+/// wasi:http 0.2, wasi:config and wasi:keyvalue.
+fn link_wasi_0_2(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_config::add_to_linker(linker, HostState::config)?;
+    crate::runtime::keyvalue::add_to_linker(linker, HostState::keyvalue)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    Ok(())
 }
 
 /// Advances the epoch of `engines` every [`EPOCH_TICK`] on a thread of its

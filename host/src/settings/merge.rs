@@ -225,20 +225,22 @@ pub fn component_environment(
     section: Option<&BTreeMap<String, String>>,
 ) -> anyhow::Result<Arc<Vec<(String, String)>>> {
     let mut env: BTreeMap<String, String> = section.cloned().unwrap_or_default();
-    for entry in flag
-        .unwrap_or_default()
+    env.extend(key_values(flag, "--component-env")?);
+    Ok(Arc::new(env.into_iter().collect()))
+}
+
+/// The `KEY=VALUE` entries of a repeatable flag (`name`, for errors), in
+/// order; empty entries are skipped.
+fn key_values(flag: Option<&[String]>, name: &str) -> anyhow::Result<Vec<(String, String)>> {
+    flag.unwrap_or_default()
         .iter()
         .map(|e| e.trim())
         .filter(|e| !e.is_empty())
-    {
-        match entry.split_once('=') {
-            Some((key, value)) if !key.is_empty() => {
-                env.insert(key.to_owned(), value.to_owned());
-            }
-            _ => bail!("invalid --component-env {entry:?}: write KEY=VALUE"),
-        }
-    }
-    Ok(Arc::new(env.into_iter().collect()))
+        .map(|entry| match entry.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => Err(anyhow!("invalid {name} {entry:?}: write KEY=VALUE")),
+        })
+        .collect()
 }
 
 /// What every component's settings are made with: the flags they share,
@@ -319,19 +321,7 @@ fn config_entries(
         };
         config.insert(key.clone(), value);
     }
-    for entry in flag
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e.trim())
-        .filter(|e| !e.is_empty())
-    {
-        match entry.split_once('=') {
-            Some((key, value)) if !key.is_empty() => {
-                config.insert(key.to_owned(), value.to_owned());
-            }
-            _ => bail!("invalid --config-var {entry:?}: write KEY=VALUE"),
-        }
-    }
+    config.extend(key_values(flag, "--config-var")?);
     Ok(config)
 }
 

@@ -471,23 +471,7 @@ async fn components_read_their_config_from_the_file_the_environment_and_the_flag
         "the secret is never logged"
     );
 
-    let missing = run_in(
-        pulse_command(),
-        &[
-            "serve",
-            "--handler",
-            handler.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_eq!(missing.status.code(), Some(2));
-    assert!(
-        missing.stderr.contains("TEST_DB_PASSWORD") && missing.stderr.contains("\"password\""),
-        "{}",
-        missing.stderr
-    );
+    refused_at_start(&config, &["TEST_DB_PASSWORD", "\"password\""]).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -542,23 +526,30 @@ async fn components_keep_state_in_the_keyvalue_stores_they_list() {
         ),
     ] {
         std::fs::write(&config, toml).unwrap();
-        let refused = run_in(
-            pulse_command(),
-            &[
-                "serve",
-                "--handler",
-                handler.to_str().unwrap(),
-                "--config",
-                config.to_str().unwrap(),
-            ],
-        )
-        .await;
-        assert_eq!(refused.status.code(), Some(2), "{toml}");
-        assert!(
-            names.iter().all(|n| refused.stderr.contains(n)),
-            "{names:?} in {}",
-            refused.stderr
-        );
+        refused_at_start(&config, &names).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `pulse serve` of faulty with `config` exits 2 at start, its error naming
+/// each of `names`.
+async fn refused_at_start(config: &std::path::Path, names: &[&str]) {
+    let handler = component("faulty");
+    let refused = run_in(
+        pulse_command(),
+        &[
+            "serve",
+            "--handler",
+            handler.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        names.iter().all(|n| refused.stderr.contains(n)),
+        "{names:?} in {}",
+        refused.stderr
+    );
 }
