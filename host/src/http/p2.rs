@@ -203,7 +203,13 @@ pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call)
         deadline,
         span,
     } = call;
-    let again = Resend::of(&request);
+    // Kept only when an idle instance may serve it: a fresh instance per
+    // request (the default) never needs a second attempt, nor the copy.
+    let again = if pool.reuses() {
+        Resend::of(&request)
+    } else {
+        None
+    };
     let (failure, slot) = match attempt(&pool, settings, request, slot, deadline, &span, true).await
     {
         Attempt::Done(executed) => return executed,
