@@ -107,9 +107,14 @@ impl P2Pool {
              instance per request from now on. Set --max-instance-reuse 1 (max_instance_reuse = 1) \
              to say so, or fix the component to take a second request"
         );
-        drop(std::mem::take(
-            &mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner),
-        ));
+        self.drop_idle();
+    }
+
+    /// Drops every idle instance, outside the lock (dropping a store
+    /// returns its memory to the pool).
+    fn drop_idle(&self) {
+        let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(all);
     }
 
     /// The most recently idle instance, if one is waiting.
@@ -155,8 +160,7 @@ impl P2Pool {
     /// Drops every idle instance: the component was replaced.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
-        let all = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
-        drop(all);
+        self.drop_idle();
     }
 }
 

@@ -78,12 +78,13 @@ impl SharedSpan {
     /// Ends the lines begun (in the span they were written in), then logs
     /// from now on in `span`.
     pub fn set(&self, span: tracing::Span) {
-        let (ended, previous) = {
+        let (ended, previous, component) = {
             let mut output = self.lock();
             let ended = output.take_begun();
-            (ended, std::mem::replace(&mut output.span, span))
+            let previous = std::mem::replace(&mut output.span, span);
+            (ended, previous, output.component.clone())
         };
-        self.emit(&previous, ended);
+        emit(&component, &previous, ended);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
@@ -93,7 +94,7 @@ impl SharedSpan {
     /// Adds `bytes` written to `stream`, and logs each line they end.
     fn write(&self, stream: Stream, mut bytes: &[u8]) {
         let mut ended = Vec::new();
-        let span = {
+        let (span, component) = {
             let mut output = self.lock();
             let pending = &mut output.pending[stream as usize];
             while !bytes.is_empty() {
@@ -116,20 +117,23 @@ impl SharedSpan {
                     bytes = &[];
                 }
             }
-            output.span.clone()
+            if ended.is_empty() {
+                return;
+            }
+            (output.span.clone(), output.component.clone())
         };
-        self.emit(&span, ended);
+        emit(&component, &span, ended);
     }
+}
 
-    fn emit(&self, span: &tracing::Span, lines: Vec<Line>) {
-        if lines.is_empty() {
-            return;
-        }
-        let component = self.lock().component.clone();
-        let _in_span = span.enter();
-        for line in lines {
-            log_line(&component, &line);
-        }
+/// Logs `lines` of `component` in `span`, outside the shared state's lock.
+fn emit(component: &str, span: &tracing::Span, lines: Vec<Line>) {
+    if lines.is_empty() {
+        return;
+    }
+    let _in_span = span.enter();
+    for line in lines {
+        log_line(component, &line);
     }
 }
 
@@ -153,10 +157,7 @@ impl Output {
 impl Drop for Output {
     fn drop(&mut self) {
         let begun = self.take_begun();
-        let _in_span = self.span.enter();
-        for line in begun {
-            log_line(&self.component, &line);
-        }
+        emit(&self.component, &self.span, begun);
     }
 }
 
