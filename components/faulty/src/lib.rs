@@ -140,6 +140,14 @@ fn fetch(url: &str) -> Result<u16, ErrorCode> {
     Ok(response.status())
 }
 
+/// The first value of the request header `name`, as text.
+fn header(request: &IncomingRequest, name: &str) -> Option<String> {
+    let values = request.headers().get(&name.to_owned());
+    values
+        .first()
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
 /// Requests this instance has been given; instance-local, like all guest state.
 static HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -147,8 +155,17 @@ impl Handler for Faulty {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let handled = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let path = request.path_with_query().unwrap_or_default();
-        let route = path.split('?').next().unwrap_or_default();
-        match route {
+        let full = path.split('?').next().unwrap_or_default().to_owned();
+        // Under a prefix route (`x-pulse-route: /api/...`), what follows
+        // the prefix, as a routed app reads it.
+        let route = match header(&request, "x-pulse-route")
+            .as_deref()
+            .and_then(|r| r.strip_suffix("/..."))
+        {
+            Some(prefix) => full.strip_prefix(prefix).unwrap_or(&full).to_owned(),
+            None => full.clone(),
+        };
+        match route.as_str() {
             "/trap" => panic!("faulty handler trapped on purpose"),
             "/spin" => spin(),
             "/grow" => grow(),
@@ -177,6 +194,13 @@ impl Handler for Faulty {
                 let name = query_value(&path, "name").unwrap_or("");
                 let value = std::env::var(name).unwrap_or_else(|_| "unset".into());
                 respond(response_out, 200, format!("{value}\n").as_bytes());
+            }
+            "/headers" => {
+                let mut lines = format!("path: {full}\n");
+                for (name, value) in request.headers().entries() {
+                    lines.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(&value)));
+                }
+                respond(response_out, 200, lines.as_bytes());
             }
             "/count" => respond(response_out, 200, format!("{handled}\n").as_bytes()),
             "/config" => {

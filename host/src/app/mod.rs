@@ -16,7 +16,6 @@ use crate::ops::metrics::Port;
 use crate::ops::shutdown::Shutdown;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
 use crate::runtime::reload::Reloadable;
-use crate::runtime::Role;
 use crate::schedule::run as scheduler;
 use crate::schedule::state::{ProbeState, StateDir};
 use crate::settings::cli::{Cli, Command, ProbeArgs, RunArgs, ScheduleArgs, ServeArgs, WhenArgs};
@@ -42,8 +41,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Next(args) => tools::next_command(args),
         Command::Check(args) => {
-            let start = Start::new(&cli, file, source, None)?;
-            tools::check_command(&start.runtime, args)
+            let configured = tools::configured_components(&file);
+            let start = Start::new(&cli, file, source.clone(), None)?;
+            tools::check_command(&start.runtime, args, configured, &source)
         }
         Command::Compile(args) => {
             let start = Start::new(&cli, file, source, None)?;
@@ -171,12 +171,9 @@ impl Workload {
             probes,
             admin_listen,
         } = self;
-        let start = Start::new(cli, file, source, handler.as_ref().map(|h| &h.options))?;
+        let start = Start::new(cli, file, source, handler.as_ref())?;
         if let Some(handler) = &handler {
-            start.precheck(
-                &[(&handler.component, &handler.component_source)],
-                Role::Handler,
-            )?;
+            start.precheck_routes(handler)?;
         }
         if let Some(probes) = &probes {
             start.precheck_probes(&probes.settings)?;
@@ -187,10 +184,12 @@ impl Workload {
         let mut watched: Vec<Arc<dyn Reloadable>> = Vec::new();
         let serving = match &handler {
             Some(settings) => {
-                let handler = start.load_handler(settings).await?;
-                readiness.watch_saturation(handler.saturation());
-                watched.push(handler.component());
-                Some((handler, settings.listen))
+                let router = start.load_routes(settings).await?;
+                for route in router.routes() {
+                    readiness.watch_saturation(route.handler.name(), route.handler.saturation());
+                    watched.push(route.handler.component());
+                }
+                Some((router, settings.listen))
             }
             None => None,
         };

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::http::admin::{self, Readiness};
-use crate::http::handler::{Handler, ServeOptions};
+use crate::http::handler::Handler;
+use crate::http::routes::Router;
 use crate::ops::metrics::{Metrics, Port};
 use crate::probe::{ProbeComponent, Prober, Target};
 use crate::runtime::memory::{self, BudgetSource, MemoryBudget};
@@ -30,18 +31,22 @@ pub struct Start {
 }
 
 impl Start {
-    /// The engines, sized for the `handler`'s concurrent requests (and as
-    /// many idle WASI 0.2 instances if it reuses them), and the metrics.
+    /// The engines, sized for the concurrent requests of every route of
+    /// the `handler` (and as many idle WASI 0.2 instances if one reuses
+    /// them), and the metrics.
     pub fn new(
         cli: &Cli,
         file: ConfigFile,
         source: String,
-        handler: Option<&ServeOptions>,
+        handler: Option<&HandlerSettings>,
     ) -> anyhow::Result<Self> {
         let global = merge::global(cli, &file);
-        let concurrency =
-            handler.map_or(0, |h| u32::try_from(h.max_concurrency).unwrap_or(u32::MAX));
-        let reuses_p2 = handler.is_some_and(|h| h.reuse.max_requests(Wasi::P2) > 1);
+        let routes = handler.map_or(&[][..], |h| h.routes.as_slice());
+        let concurrency: usize = routes.iter().map(|r| r.options.max_concurrency).sum();
+        let concurrency = u32::try_from(concurrency).unwrap_or(u32::MAX);
+        let reuses_p2 = routes
+            .iter()
+            .any(|r| r.options.reuse.max_requests(Wasi::P2) > 1);
         let max_memory = usize::try_from(global.max_memory).unwrap_or(usize::MAX);
         let limits = GuestLimits::sized_for(max_memory, concurrency, reuses_p2);
         let metrics = Arc::new(Metrics::new());
@@ -92,23 +97,34 @@ impl Start {
         self.precheck(&components, Role::Probe)
     }
 
-    /// Loads the handler on a blocking thread, so that the admin port
-    /// answers while it compiles.
-    pub async fn load_handler(&self, settings: &HandlerSettings) -> anyhow::Result<Arc<Handler>> {
-        let (runtime, metrics) = (self.runtime.clone(), self.metrics.clone());
-        let (path, options) = (settings.component.clone(), settings.options.clone());
-        let handler =
-            tokio::task::spawn_blocking(move || Handler::new(runtime, &path, options, metrics))
-                .await
-                .context("the thread loading the handler panicked")?
-                .with_context(|| {
-                    format!(
-                        "{} {}",
-                        settings.component_source,
-                        settings.component.display()
-                    )
-                })?;
-        Ok(Arc::new(handler))
+    /// [`Start::precheck`] for every route's component.
+    pub fn precheck_routes(&self, settings: &HandlerSettings) -> anyhow::Result<()> {
+        let components: Vec<_> = settings
+            .routes
+            .iter()
+            .map(|r| (&r.component, &r.component_source))
+            .collect();
+        self.precheck(&components, Role::Handler)
+    }
+
+    /// Loads the handler of each route on a blocking thread, so that the
+    /// admin port answers while they compile, and routes requests to them.
+    pub async fn load_routes(&self, settings: &HandlerSettings) -> anyhow::Result<Arc<Router>> {
+        let mut routes = Vec::new();
+        for route in &settings.routes {
+            let (runtime, metrics) = (self.runtime.clone(), self.metrics.clone());
+            let (path, name) = (route.component.clone(), route.name.clone());
+            let options = route.options.clone();
+            let handler = tokio::task::spawn_blocking(move || {
+                Handler::new(runtime, &path, &name, options, metrics)
+            })
+            .await
+            .context("the thread loading the handler panicked")?
+            .with_context(|| format!("{} {}", route.component_source, route.component.display()))?;
+            routes.push((route.pattern.clone(), Arc::new(handler)));
+        }
+        let router = Router::new(routes, self.metrics.clone()).map_err(anyhow::Error::msg)?;
+        Ok(Arc::new(router))
     }
 
     /// Loads each probe's component (once per file) on a blocking thread,

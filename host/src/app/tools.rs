@@ -1,6 +1,7 @@
 //! The commands that run nothing: `pulse compile`, `pulse check` and
 //! `pulse next`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,7 +11,9 @@ use crate::ops::clock::{self, rfc3339};
 use crate::runtime::component_scan::Declared;
 use crate::runtime::{Role, Runtime, Wasi};
 use crate::schedule::cron::{Expression, Schedule};
+use crate::runtime::LoadError;
 use crate::settings::cli::{CheckArgs, CheckRole, CompileArgs, NextArgs};
+use crate::settings::file::ConfigFile;
 use crate::settings::defaults;
 
 /// `pulse compile`: the component precompiled, written atomically.
@@ -50,35 +53,80 @@ pub fn compile_command(runtime: &Runtime, args: &CompileArgs) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// `pulse check`: exit 0 if the file fits the role, 1 with the reason.
-pub fn check_command(runtime: &Runtime, args: &CheckArgs) -> anyhow::Result<ExitCode> {
-    let role = match args.role {
-        CheckRole::Handler => Role::Handler,
-        CheckRole::Probe => Role::Probe,
+/// `pulse check`: exit 0 if the file fits the role, 1 with the reason;
+/// without a file, the same for each of the `configured` components (of
+/// the config file read from `source`), one line each.
+pub fn check_command(
+    runtime: &Runtime,
+    args: &CheckArgs,
+    configured: Vec<(PathBuf, Role)>,
+    source: &str,
+) -> anyhow::Result<ExitCode> {
+    let components: Vec<(PathBuf, Role)> = match (&args.file, args.role) {
+        (Some(path), Some(role)) => vec![(path.clone(), role_of(role))],
+        (Some(_), None) => anyhow::bail!("give --role handler or --role probe with FILE"),
+        (None, _) => configured,
     };
-    let checked = runtime.read(&args.file, role).and_then(|file| {
-        let runs_as = match role {
-            Role::Handler => crate::http::handler::check(runtime, &args.file, &file.bytes)?,
-            Role::Probe => {
-                crate::probe::check(runtime, &args.file, &file.bytes).map(|()| Wasi::P2)?
-            }
-        };
-        Ok((file.digest, wasi_targeted(runs_as, &file.bytes)))
-    });
-    match checked {
-        Ok((digest, wasi)) => {
-            println!(
+    if components.is_empty() {
+        anyhow::bail!(
+            "nothing to check: give FILE --role handler|probe, or a --config file that names components{}",
+            if source.is_empty() { String::new() } else { format!(" ({source} names none)") }
+        );
+    }
+    let mut all_ok = true;
+    for (path, role) in &components {
+        match check_one(runtime, path, *role) {
+            Ok((digest, wasi)) => println!(
                 "ok: {} is a valid {} component{wasi} ({digest})",
-                args.file.display(),
+                path.display(),
                 role.name()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(error) => {
-            println!("not ok: {error}");
-            Ok(ExitCode::from(EXIT_UNHEALTHY))
+            ),
+            Err(error) => {
+                all_ok = false;
+                println!("not ok: {error}");
+            }
         }
     }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_UNHEALTHY)
+    })
+}
+
+fn role_of(role: CheckRole) -> Role {
+    match role {
+        CheckRole::Handler => Role::Handler,
+        CheckRole::Probe => Role::Probe,
+    }
+}
+
+/// Every component `file` names, once each per role, in file order.
+pub fn configured_components(file: &ConfigFile) -> Vec<(PathBuf, Role)> {
+    let handlers = file.handler.iter().chain(&file.routes);
+    let mut components: Vec<(PathBuf, Role)> = handlers
+        .filter_map(|section| section.component.clone())
+        .map(|path| (path, Role::Handler))
+        .chain(file.probes.iter().map(|p| (p.component.clone(), Role::Probe)))
+        .collect();
+    let mut seen = Vec::new();
+    components.retain(|c| {
+        let fresh = !seen.contains(c);
+        seen.push(c.clone());
+        fresh
+    });
+    components
+}
+
+/// Whether `path` is a usable `role` component: its digest and the WASI
+/// it targets, or why not.
+fn check_one(runtime: &Runtime, path: &Path, role: Role) -> Result<(String, String), LoadError> {
+    let file = runtime.read(path, role)?;
+    let runs_as = match role {
+        Role::Handler => crate::http::handler::check(runtime, path, &file.bytes)?,
+        Role::Probe => crate::probe::check(runtime, path, &file.bytes).map(|()| Wasi::P2)?,
+    };
+    Ok((file.digest.to_string(), wasi_targeted(runs_as, &file.bytes)))
 }
 
 /// ", for WASI 0.3" for a component run as a WASI 0.3 one, and which other

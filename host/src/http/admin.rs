@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,7 +40,8 @@ pub const SATURATION_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub struct Readiness {
     loaded: Arc<AtomicBool>,
-    saturation: Arc<OnceLock<Arc<Saturation>>>,
+    /// Each handler's, by its name.
+    saturation: Arc<Mutex<Vec<(String, Arc<Saturation>)>>>,
     shutdown: Shutdown,
 }
 
@@ -49,15 +50,16 @@ impl Readiness {
     pub fn new(shutdown: Shutdown) -> Self {
         Self {
             loaded: Arc::new(AtomicBool::new(false)),
-            saturation: Arc::new(OnceLock::new()),
+            saturation: Arc::default(),
             shutdown,
         }
     }
 
-    /// From now on, also not ready while the handler behind `saturation`
-    /// is saturated.
-    pub fn watch_saturation(&self, saturation: Arc<Saturation>) {
-        let _ = self.saturation.set(saturation);
+    /// From now on, also not ready while the handler `name`, behind
+    /// `saturation`, is saturated.
+    pub fn watch_saturation(&self, name: &str, saturation: Arc<Saturation>) {
+        let mut watched = self.saturation.lock().unwrap_or_else(|e| e.into_inner());
+        watched.push((name.to_owned(), saturation));
     }
 
     /// Marks the components as loaded and serving.
@@ -73,13 +75,19 @@ impl Readiness {
         if !self.loaded.load(Ordering::SeqCst) {
             return Err("components not loaded yet".into());
         }
-        let full_for = self.saturation.get().and_then(|s| s.full_for());
-        match full_for {
-            Some(busy) if busy >= SATURATION_GRACE => Err(format!(
-                "every handler slot has been busy for {} ms (--max-concurrency)",
+        let watched = self.saturation.lock().unwrap_or_else(|e| e.into_inner());
+        let full = watched.iter().find_map(|(name, saturation)| {
+            saturation
+                .full_for()
+                .filter(|busy| *busy >= SATURATION_GRACE)
+                .map(|busy| (name, busy))
+        });
+        match full {
+            Some((name, busy)) => Err(format!(
+                "every slot of the handler {name} has been busy for {} ms (--max-concurrency)",
                 busy.as_millis()
             )),
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 }

@@ -37,7 +37,7 @@
 //! signal from the caller, so tests bind `127.0.0.1:0`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,7 @@ use crate::http::p2;
 use crate::http::p3;
 use crate::http::pace::Pace;
 use crate::http::slots::{Saturation, Slot, Slots};
-use crate::ops::metrics::Metrics;
+use crate::ops::metrics::{ComponentName, Metrics};
 use crate::ops::telemetry;
 use crate::runtime::outbound::AllowList;
 use crate::runtime::reload::Swappable;
@@ -102,17 +102,17 @@ pub struct Handler {
     slots: Slots,
     options: ServeOptions,
     metrics: Arc<Metrics>,
-    /// The component's name in logs (its file stem).
-    name: Arc<str>,
-    next_id: AtomicU64,
-    id_prefix: u32,
+    /// The component's name in logs and metrics.
+    name: ComponentName,
 }
 
 impl Handler {
-    /// Loads the wasi:http handler at `path`.
+    /// Loads the wasi:http handler at `path`, named `name` in logs and
+    /// metrics.
     pub fn new(
         runtime: Arc<Runtime>,
         path: &Path,
+        name: &str,
         options: ServeOptions,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
@@ -122,21 +122,10 @@ impl Handler {
             Role::Handler,
             crate::http::instances::prepare,
         )?);
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "handler".into());
-        // Request ids: this process's start time folded to 32 bits, then a
-        // counter, so ids from pod restarts rarely collide.
-        let id_prefix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
-            .unwrap_or(0)
-            ^ std::process::id();
         let instances = InstanceSettings {
             runtime: runtime.clone(),
             template: StoreTemplate {
-                component: Arc::from(name.as_str()),
+                component: Arc::from(name),
                 outbound: options.outbound.clone(),
                 env: options.env.clone(),
                 config: options.config.clone(),
@@ -147,7 +136,7 @@ impl Handler {
             request_timeout: options.request_timeout,
             metrics: metrics.clone(),
         };
-        log_instances(&name, &options.reuse, component.current().wasi());
+        log_instances(name, &options.reuse, component.current().wasi());
         let generation = Generation::new(component.loaded(), &instances);
         Ok(Self {
             component,
@@ -156,9 +145,7 @@ impl Handler {
             slots: Slots::new(options.max_concurrency, metrics.in_flight()),
             options,
             metrics,
-            name: name.into(),
-            next_id: AtomicU64::new(1),
-            id_prefix,
+            name: ComponentName(Arc::from(name)),
         })
     }
 
@@ -176,7 +163,7 @@ impl Handler {
         if Arc::ptr_eq(&previous, &current) {
             let wasi = fresh.source.prepared.wasi();
             if current.source.prepared.wasi() != wasi {
-                log_instances(&self.name, &self.options.reuse, wasi);
+                log_instances(&self.name.0, &self.options.reuse, wasi);
             }
             if let Serving::P2(pool) = &current.serving {
                 pool.retire();
@@ -190,6 +177,11 @@ impl Handler {
     /// The handler component, for reloading.
     pub fn component(&self) -> Arc<Swappable<HandlerPre>> {
         self.component.clone()
+    }
+
+    /// Its name in logs and metrics.
+    pub fn name(&self) -> &str {
+        &self.name.0
     }
 
     /// The options it serves with.
@@ -219,12 +211,12 @@ impl Handler {
         self.slots.saturation()
     }
 
-    /// Answers one request. Never fails: failures become 4xx/5xx answers.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<HyperOutgoingBody> {
+    /// Answers one request, whose id is `id`. Never fails: failures become
+    /// 4xx/5xx answers.
+    pub async fn handle(&self, request: Request<Incoming>, id: String) -> Response<HyperOutgoingBody> {
         let started = Instant::now();
-        let id = self.request_id(&request);
-        let span = tracing::info_span!("request", request_id = %id, method = %request.method(),
-            path = request.uri().path(), otel.kind = tracing::field::Empty);
+        let span = tracing::info_span!("request", request_id = %id, component = &*self.name.0,
+            method = %request.method(), path = request.uri().path(), otel.kind = tracing::field::Empty);
         // Only when traces are on: the span's kind and parent, and a handle
         // kept to record the status at the end.
         let traced = telemetry::enabled().then(|| {
@@ -233,32 +225,14 @@ impl Handler {
         });
         let mut response = self.answer(request, &id).instrument(span).await;
         if let Some(span) = traced {
-            telemetry::request_finished(&span, &self.name, response.status().as_u16());
+            telemetry::request_finished(&span, &self.name.0, response.status().as_u16());
         }
         if let Ok(value) = HeaderValue::from_str(&id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
         self.metrics
-            .request(response.status().as_u16(), started.elapsed());
+            .request(&self.name, response.status().as_u16(), started.elapsed());
         response
-    }
-
-    /// The client's `x-request-id` if it is short and printable, else a
-    /// new one.
-    fn request_id(&self, request: &Request<Incoming>) -> String {
-        let given = request
-            .headers()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()));
-        match given {
-            Some(id) => id.to_owned(),
-            None => format!(
-                "{:08x}{:08x}",
-                self.id_prefix,
-                self.next_id.fetch_add(1, Ordering::Relaxed)
-            ),
-        }
     }
 
     async fn answer(&self, request: Request<Incoming>, id: &str) -> Response<HyperOutgoingBody> {
@@ -311,13 +285,13 @@ impl Handler {
             HostAnswer::BadRequest(reason) => tracing::debug!(%reason, "rejected request"),
             HostAnswer::Failed(error) => tracing::error!(
                 event = "handler_failed",
-                component = &*self.name,
+                component = &*self.name.0,
                 error = format!("{error:#}"),
                 "handler component failed"
             ),
             HostAnswer::PastDeadline => tracing::error!(
                 event = "handler_timeout",
-                component = &*self.name,
+                component = &*self.name.0,
                 timeout_ms = options.request_timeout.as_millis() as u64,
                 "handler component did not respond in time; stopped it"
             ),

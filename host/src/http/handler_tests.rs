@@ -14,6 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
+use crate::http::routes::{Router, ROUTE_HEADER};
 use crate::http::server;
 use crate::ops::shutdown::Shutdown;
 use crate::runtime::memory::MemoryBudget;
@@ -73,21 +74,35 @@ struct Serving {
 }
 
 async fn serving(name: &str, options: ServeOptions) -> Serving {
-    let limits = GuestLimits::sized_for(64 << 20, options.max_concurrency as u32, false);
+    serving_routes(&[("/...", name)], options).await
+}
+
+/// A server of the components `routes` names, each on its route.
+async fn serving_routes(routes: &[(&str, &str)], options: ServeOptions) -> Serving {
+    let concurrency = (options.max_concurrency * routes.len()) as u32;
+    let limits = GuestLimits::sized_for(64 << 20, concurrency, false);
     let budget = MemoryBudget::new(1 << 30, Gauge::default(), Counter::default());
     let runtime = Arc::new(Runtime::new(limits, None, Arc::new(budget)).unwrap());
     let metrics = Arc::new(Metrics::new());
-    let handler =
-        Arc::new(Handler::new(runtime, &component(name), options, metrics.clone()).unwrap());
+    let handlers: Vec<_> = routes
+        .iter()
+        .map(|(pattern, name)| {
+            let handler = Handler::new(
+                runtime.clone(),
+                &component(name),
+                name,
+                options.clone(),
+                metrics.clone(),
+            );
+            (pattern.parse().unwrap(), Arc::new(handler.unwrap()))
+        })
+        .collect();
+    let handler = handlers[0].1.clone();
+    let router = Arc::new(Router::new(handlers, metrics.clone()).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, shutdown) = Shutdown::manual();
-    let done = tokio::spawn(server::serve(
-        listener,
-        handler.clone(),
-        metrics,
-        shutdown.wait(),
-    ));
+    let done = tokio::spawn(server::serve(listener, router, metrics, shutdown.wait()));
     Serving {
         addr,
         handler,
@@ -256,6 +271,34 @@ async fn guest_failures_become_500_and_504() {
     for (path, status) in expected {
         let (got, _, body) = send(server.addr, get(server.addr, path)).await;
         assert_eq!(got, status, "{path}: {body:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn each_route_answers_through_its_component_and_other_paths_get_404() {
+    let routes = [("/healthcheck", "health"), ("/api/...", "faulty")];
+    let server = serving_routes(&routes, options(4, Duration::from_secs(5))).await;
+    let (status, _, body) = send(server.addr, get(server.addr, "/healthcheck")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.starts_with(b"{"), "health answers JSON: {body:?}");
+    // faulty echoes the request's headers at /headers: the guest sees the
+    // full path and the route it matched, not a client's claim of one.
+    let mut request = get(server.addr, "/api/headers");
+    request
+        .headers_mut()
+        .insert(ROUTE_HEADER, HeaderValue::from_static("/spoofed"));
+    let (status, _, body) = send(server.addr, request).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("x-pulse-route: /api/..."), "{text}");
+    assert!(!text.contains("/spoofed"), "{text}");
+    for path in ["/", "/healthcheck/x", "/apix"] {
+        let (status, headers, body) = send(server.addr, get(server.addr, path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["request_id"], headers[REQUEST_ID].to_str().unwrap());
+        assert!(json["error"].as_str().unwrap().contains(path), "{json}");
     }
     server.stop().await;
 }

@@ -1,4 +1,4 @@
-//! The main port: HTTP/1.1 through the handler, on the accept loop both
+//! The main port: HTTP/1.1 through the handlers of its routes, on the accept loop both
 //! ports share, with as many connections as the open-file limit allows
 //! beside what the host itself needs. `serve` takes its listener and its
 //! shutdown signal from the caller, so tests bind `127.0.0.1:0`.
@@ -9,19 +9,21 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::http::accept::{self, PortLimits};
-use crate::http::handler::Handler;
+use crate::http::routes::Router;
 use crate::ops::metrics::{Metrics, Port};
 
-/// Serves HTTP/1.1 on `listener` through `handler` until `shutdown`
-/// resolves, then stops accepting and waits up to the handler's shutdown
-/// grace for requests in flight (see [`crate::http::accept`]).
+/// Serves HTTP/1.1 on `listener` through `router` until `shutdown`
+/// resolves, then stops accepting and waits up to the shutdown grace for
+/// requests in flight (see [`crate::http::accept`]). The port's own limits
+/// (header timeout, body pace, shutdown grace) are the same for every
+/// route; they are read from the first.
 pub async fn serve(
     listener: TcpListener,
-    handler: Arc<Handler>,
+    router: Arc<Router>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let options = handler.options();
+    let options = router.routes()[0].handler.options();
     let limits = PortLimits {
         port: Port::Main,
         max_connections: main_port_connections(),
@@ -29,10 +31,12 @@ pub async fn serve(
         pace: options.body_pace,
         shutdown_grace: options.shutdown_grace,
     };
-    handler.spawn_sweeper();
+    for route in router.routes() {
+        route.handler.spawn_sweeper();
+    }
     let service = move |request| {
-        let handler = handler.clone();
-        async move { handler.handle(request).await }
+        let router = router.clone();
+        async move { router.handle(request).await }
     };
     accept::serve(listener, limits, metrics, service, shutdown).await;
     Ok(())

@@ -141,7 +141,22 @@ label_value!(Component, Port, ReloadOutcome);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
+    component: ComponentName,
     status: u16,
+}
+
+/// The name of the component that answered a request (the `component`
+/// label): its route's name, or empty when no route matched.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct ComponentName(pub std::sync::Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for ComponentName {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+    ) -> std::fmt::Result {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -212,7 +227,7 @@ impl Metrics {
         let requests = Family::<StatusLabels, Counter>::default();
         registry.register(
             "pulse_http_requests",
-            "HTTP requests answered, by status code",
+            "HTTP requests answered, by the component of their route and status code",
             requests.clone(),
         );
         let request_duration = latency_histogram();
@@ -344,9 +359,13 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered request.
-    pub fn request(&self, status: u16, took: Duration) {
-        self.requests.get_or_create(&StatusLabels { status }).inc();
+    /// Counts one request `component` answered (see [`ComponentName`]).
+    pub fn request(&self, component: &ComponentName, status: u16, took: Duration) {
+        let labels = StatusLabels {
+            component: component.clone(),
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
         self.request_duration.observe(took.as_secs_f64());
     }
 

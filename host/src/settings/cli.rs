@@ -138,13 +138,15 @@ pub struct CompileArgs {
 /// Flags of `pulse check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The component file (.wasm) to check.
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
+    /// The component file (.wasm) to check. Without one, every component
+    /// the --config file names is checked: the handler, each route's and
+    /// each probe's.
+    #[arg(value_name = "FILE", requires = "role")]
+    pub file: Option<PathBuf>,
 
-    /// What the component is for.
+    /// What FILE is for.
     #[arg(long, value_enum)]
-    pub role: CheckRole,
+    pub role: Option<CheckRole>,
 }
 
 /// The roles `pulse check` knows.

@@ -42,6 +42,9 @@ pub struct ConfigFile {
     pub state_dir: Option<PathBuf>,
     /// The HTTP handler and its limits.
     pub handler: Option<HandlerSection>,
+    /// More handler components, each on a path route.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<HandlerSection>,
     /// The `wasi:keyvalue` stores, by name.
     #[serde(default)]
     pub keyvalue: BTreeMap<String, StoreSection>,
@@ -50,10 +53,13 @@ pub struct ConfigFile {
     pub probes: Vec<ProbeSection>,
 }
 
-/// `[handler]`.
+/// `[handler]`, and each `[[route]]` (which has a `path` and may not set
+/// the port's keys).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HandlerSection {
+    pub path: Option<String>,
+    pub name: Option<String>,
     pub component: Option<PathBuf>,
     pub env: Option<BTreeMap<String, String>>,
     pub config: Option<BTreeMap<String, ConfigValue>>,

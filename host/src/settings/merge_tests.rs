@@ -91,7 +91,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--max-concurrency", "3"],
         "max_concurrency = 7",
-        |s| s.options.max_concurrency,
+        |s| s.routes[0].options.max_concurrency,
         256,
         7,
         3,
@@ -101,8 +101,8 @@ fn every_handler_setting_has_flag_over_file_over_default() {
         "max_instance_reuse = 7",
         |s| {
             (
-                s.options.reuse.max_requests_p2,
-                s.options.reuse.max_requests_p3,
+                s.routes[0].options.reuse.max_requests_p2,
+                s.routes[0].options.reuse.max_requests_p3,
             )
         },
         (1, 128),
@@ -112,7 +112,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--max-instance-concurrency", "3"],
         "max_instance_concurrency = 7",
-        |s| s.options.reuse.max_concurrent,
+        |s| s.routes[0].options.reuse.max_concurrent,
         16,
         7,
         3,
@@ -120,7 +120,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--instance-idle-timeout", "3s"],
         "instance_idle_timeout = \"7s\"",
-        |s| s.options.reuse.idle_timeout,
+        |s| s.routes[0].options.reuse.idle_timeout,
         secs(10),
         secs(7),
         secs(3),
@@ -128,7 +128,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--request-timeout", "3s"],
         "request_timeout = \"7s\"",
-        |s| s.options.request_timeout,
+        |s| s.routes[0].options.request_timeout,
         secs(30),
         secs(7),
         secs(3),
@@ -136,7 +136,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--max-request-body", "3Ki"],
         "max_request_body = \"7Ki\"",
-        |s| s.options.max_request_body,
+        |s| s.routes[0].options.max_request_body,
         1 << 20,
         7 << 10,
         3 << 10,
@@ -144,7 +144,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--header-timeout", "3s"],
         "header_timeout = 7",
-        |s| s.options.header_timeout,
+        |s| s.routes[0].options.header_timeout,
         secs(10),
         secs(7),
         secs(3),
@@ -152,7 +152,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--body-grace", "3s"],
         "body_grace = \"7s\"",
-        |s| s.options.body_pace.grace,
+        |s| s.routes[0].options.body_pace.grace,
         secs(5),
         secs(7),
         secs(3),
@@ -160,7 +160,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--min-body-rate", "3"],
         "min_body_rate = 7",
-        |s| s.options.body_pace.min_rate,
+        |s| s.routes[0].options.body_pace.min_rate,
         1024,
         7,
         3,
@@ -168,7 +168,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--shutdown-grace", "3s"],
         "shutdown_grace = \"7s\"",
-        |s| s.options.shutdown_grace,
+        |s| s.routes[0].options.shutdown_grace,
         secs(20),
         secs(7),
         secs(3),
@@ -176,7 +176,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--handler-allow-outbound", "http://a:1"],
         "allow_outbound = [\"http://b:2\"]",
-        |s| s.options.outbound.allows("http", "b", 2),
+        |s| s.routes[0].options.outbound.allows("http", "b", 2),
         false,
         true,
         false,
@@ -184,7 +184,7 @@ fn every_handler_setting_has_flag_over_file_over_default() {
     handler_precedence(
         &["--component-env", "A=flag"],
         "env = { A = \"file\", B = \"file\" }",
-        |s| s.options.env.to_vec(),
+        |s| s.routes[0].options.env.to_vec(),
         vec![],
         vec![("A".into(), "file".into()), ("B".into(), "file".into())],
         vec![("A".into(), "flag".into()), ("B".into(), "file".into())],
@@ -199,8 +199,8 @@ fn the_handler_component_comes_from_the_flag_or_the_file() {
     );
     assert_eq!(
         (
-            from_flag.component.as_path(),
-            from_flag.component_source.as_str()
+            from_flag.routes[0].component.as_path(),
+            from_flag.routes[0].component_source.as_str()
         ),
         (Path::new("a.wasm"), "--handler")
     );
@@ -215,9 +215,9 @@ fn the_handler_component_comes_from_the_flag_or_the_file() {
         "pulse.toml",
     )
     .unwrap();
-    assert_eq!(from_file.component, Path::new("b.wasm"));
+    assert_eq!(from_file.routes[0].component, Path::new("b.wasm"));
     assert_eq!(
-        from_file.component_source,
+        from_file.routes[0].component_source,
         "pulse.toml: [handler] component"
     );
     let missing = handler(args, no_flags(&NO_STORES), &file(""), "pulse.toml")
@@ -578,4 +578,108 @@ fn a_bad_config_var_is_refused_for_handler_and_probes() {
         error.to_string().contains("--config-var \"bad\""),
         "{error}"
     );
+}
+
+/// The error of `serve ARGS` with `toml` as the config file.
+fn serve_error(args: &[&str], toml: &str) -> String {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let cli = cli(&all);
+    let Command::Serve(serve) = &cli.command else {
+        panic!("not serve")
+    };
+    let file = file(toml);
+    let stores = keyvalue_stores(&file, "pulse.toml").unwrap();
+    let error = handler(serve, Shared::new(&cli, &stores), &file, "pulse.toml").unwrap_err();
+    format!("{error:#}")
+}
+
+#[test]
+fn routes_take_limits_from_handler_but_keep_their_own_component_keys() {
+    let toml = r#"
+        [handler]
+        component = "health.wasm"
+        request_timeout = "7s"
+        max_concurrency = 9
+        env = { SECRET = "handler's" }
+        [[route]]
+        path = "/api/..."
+        component = "api.wasm"
+        max_concurrency = 3
+        [[route]]
+        path = "/other"
+        name = "other-api"
+        component = "api.wasm"
+    "#;
+    let settings = serve(&["--request-timeout", "2s"], toml);
+    let routes: Vec<(String, &str)> = settings
+        .routes
+        .iter()
+        .map(|r| (r.pattern.to_string(), r.name.as_str()))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("/...".to_owned(), "health"),
+            ("/api/...".to_owned(), "api"),
+            ("/other".to_owned(), "other-api"),
+        ]
+    );
+    let [handler, api, other] = &settings.routes[..] else {
+        panic!()
+    };
+    assert_eq!(handler.options.max_concurrency, 9);
+    assert_eq!(api.options.max_concurrency, 3, "the route's own key wins");
+    assert_eq!(other.options.max_concurrency, 9, "else [handler]'s");
+    assert_eq!(
+        api.options.request_timeout,
+        Duration::from_secs(2),
+        "the flag over [handler]'s key"
+    );
+    assert_eq!(handler.options.env.to_vec(), [("SECRET".into(), "handler's".into())]);
+    assert!(api.options.env.is_empty(), "a route does not get [handler]'s env");
+    assert!(api.component_source.contains("[[route]] 1"), "{}", api.component_source);
+}
+
+#[test]
+fn routes_alone_need_no_handler_component() {
+    let settings = serve(&[], "[[route]]\npath = \"/healthcheck\"\ncomponent = \"h.wasm\"\n");
+    assert_eq!(settings.routes.len(), 1);
+    assert_eq!(settings.routes[0].pattern.to_string(), "/healthcheck");
+    let none = serve_error(&[], "");
+    assert!(none.contains("[[route]]") && none.contains("--handler"), "{none}");
+}
+
+#[test]
+fn bad_routes_are_refused_naming_the_route_and_the_fix() {
+    let cases = [
+        ("[[route]]\ncomponent = \"a.wasm\"\n", "[[route]] 1: no path"),
+        ("[[route]]\npath = \"/a\"\n", "[[route]] 1 (/a): no component"),
+        ("[[route]]\npath = \"api\"\ncomponent = \"a.wasm\"\n", "does not start with /"),
+        (
+            "[[route]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nlisten = \"0.0.0.0:1\"\n",
+            "listen: it is the port's",
+        ),
+        (
+            "[[route]]\npath = \"/a\"\ncomponent = \"a.wasm\"\n[[route]]\npath = \"/a\"\ncomponent = \"b.wasm\"\n",
+            "the route /a is also",
+        ),
+        (
+            "[[route]]\npath = \"/a\"\ncomponent = \"x/a.wasm\"\n[[route]]\npath = \"/b\"\ncomponent = \"y/a.wasm\"\n",
+            "the name \"a\" is also",
+        ),
+        ("[handler]\ncomponent = \"a.wasm\"\npath = \"/x\"\n", "[handler] path"),
+        (
+            "[[route]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmax_concurrency = 0\n",
+            "[[route]] 1 max_concurrency: must be at least 1",
+        ),
+        (
+            "[[route]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nkeyvalue = [\"nope\"]\n",
+            "[[route]] 1 keyvalue",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let error = serve_error(&[], toml);
+        assert!(error.contains(expected), "{toml}\n→ {error}\n(wanted {expected:?})");
+    }
 }
