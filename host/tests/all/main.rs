@@ -18,6 +18,7 @@ mod monitoring;
 mod precompiled;
 mod probe_once;
 mod reload;
+mod routes;
 mod scheduled;
 mod serve;
 mod traces;

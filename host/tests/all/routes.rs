@@ -1,0 +1,216 @@
+//! Several handler components in one pulse, each on its path route from
+//! `pulse.toml`: each answers its own paths, the longest route wins, other
+//! paths get the host's 404, metrics and `pulse check` cover every route,
+//! and one route's file swapped (or broken) under load on both routes
+//! loses no request.
+
+use crate::common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::{component, http, run_pulse, scratch_dir, Pulse};
+use hyper::{Method, StatusCode};
+
+/// A `pulse.toml` of three routes: `health` at `/healthcheck`, `api` (the
+/// file at `api`) under `/api/...`, and `faulty` at the exact `/api/exact`.
+fn three_routes(api: &Path) -> String {
+    format!(
+        r#"
+[[route]]
+path = "/healthcheck"
+component = "{health}"
+
+[[route]]
+path = "/api/..."
+name = "api"
+component = "{api}"
+
+[[route]]
+path = "/api/exact"
+component = "{faulty}"
+"#,
+        health = component("health").display(),
+        api = api.display(),
+        faulty = component("faulty").display(),
+    )
+}
+
+async fn serve_config(config: &Path) -> (Pulse, std::net::SocketAddr) {
+    let mut pulse = Pulse::spawn(&[
+        "--config",
+        config.to_str().unwrap(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = pulse.listening_addr().await;
+    (pulse, addr)
+}
+
+#[tokio::test]
+async fn each_route_answers_with_its_component_and_the_longest_wins() {
+    let dir = scratch_dir("routes-answer");
+    let api = dir.join("api.wasm");
+    std::fs::copy(component("faulty"), &api).unwrap();
+    let config = dir.join("pulse.toml");
+    std::fs::write(&config, three_routes(&api)).unwrap();
+    let (mut pulse, addr) = serve_config(&config).await;
+    let admin = pulse.admin_addr().await;
+
+    let (status, _, body) = http(addr, Method::GET, "/healthcheck").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("\"component\":\"health\""));
+    // The prefix route's guest sees the full path and the route it matched.
+    let (status, _, body) = http(addr, Method::GET, "/api/headers").await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("path: /api/headers\n"), "{text}");
+    assert!(text.contains("x-pulse-route: /api/...\n"), "{text}");
+    // The exact route is longer than the prefix: it wins for its path.
+    let (status, _, body) = http(addr, Method::GET, "/api/exact").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"{\"status\":\"ok\"}\n");
+    let (status, _, body) = http(addr, Method::GET, "/nowhere").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        json["error"].as_str().unwrap().contains("/nowhere"),
+        "{json}"
+    );
+
+    // Metrics count each request under its route's component.
+    let (_, _, metrics) = http(admin, Method::GET, "/metrics").await;
+    let samples = common::parse_openmetrics(&String::from_utf8_lossy(&metrics));
+    let count = |component: &str, status: &str| {
+        samples
+            .iter()
+            .find(|s| {
+                s["name"] == "pulse_http_requests_total"
+                    && s["labels"]["component"] == component
+                    && s["labels"]["status"] == status
+            })
+            .map(|s| s["value"].as_f64().unwrap())
+    };
+    assert_eq!(count("health", "200"), Some(1.0));
+    assert_eq!(count("api", "200"), Some(1.0));
+    assert_eq!(count("faulty", "200"), Some(1.0));
+    assert_eq!(count("", "404"), Some(1.0));
+    let (status, _, _) = http(admin, Method::GET, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    pulse.terminate().await;
+
+    // `pulse check` with the config file and no FILE checks every route.
+    let checked = run_pulse(&["--config", config.to_str().unwrap(), "check"]).await;
+    assert_eq!(checked.status.code(), Some(0), "{}", checked.stdout);
+    assert_eq!(checked.stdout.matches("ok: ").count(), 3, "{}", checked.stdout);
+    std::fs::write(&api, b"not a component").unwrap();
+    let checked = run_pulse(&["--config", config.to_str().unwrap(), "check"]).await;
+    assert_eq!(checked.status.code(), Some(1), "{}", checked.stdout);
+    assert!(
+        checked.stdout.contains("not ok: ") && checked.stdout.contains("api.wasm"),
+        "{}",
+        checked.stdout
+    );
+    // And `serve` refuses to start on it, naming the route.
+    let refused = run_pulse(&["--config", config.to_str().unwrap(), "serve"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert!(refused.stderr.contains("[[route]] 2"), "{}", refused.stderr);
+}
+
+/// Keeps a keep-alive connection busy on `path` until `stop`; counts
+/// answers and failures.
+fn load(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        while !stop.load(Ordering::SeqCst) {
+            let request = hyper::Request::get(path)
+                .header("host", addr.to_string())
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let answered = async {
+                let response = sender.send_request(request).await.ok()?;
+                let status = response.status();
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .ok()?;
+                (status == StatusCode::OK).then_some(())
+            };
+            match answered.await {
+                Some(()) => ok.fetch_add(1, Ordering::SeqCst),
+                None => failed.fetch_add(1, Ordering::SeqCst),
+            };
+        }
+    })
+}
+
+#[tokio::test]
+async fn swapping_one_route_under_load_loses_no_request_on_either() {
+    let dir = scratch_dir("routes-swap");
+    let api = dir.join("api.wasm");
+    std::fs::copy(component("faulty"), &api).unwrap();
+    let config = dir.join("pulse.toml");
+    std::fs::write(&config, three_routes(&api)).unwrap();
+    let (mut pulse, addr) = serve_config(&config).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counters: Vec<_> = (0..2)
+        .map(|_| (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))))
+        .collect();
+    let mut tasks = Vec::new();
+    for ((ok, failed), path) in counters.iter().zip(["/healthcheck", "/api/count"]) {
+        for _ in 0..2 {
+            tasks.push(load(addr, path, stop.clone(), ok.clone(), failed.clone()));
+        }
+    }
+    let swap_to = |source: &Path| {
+        let staged = api.with_extension("tmp");
+        std::fs::copy(source, &staged).unwrap();
+        std::fs::rename(&staged, &api).unwrap();
+    };
+    for swap in 0..4 {
+        let source = if swap % 2 == 0 { "faulty-p3" } else { "faulty" };
+        swap_to(&component(source));
+        pulse
+            .wait_for_stderr(|l| {
+                l["event"] == "reload"
+                    && l["outcome"] == "loaded"
+                    && l["path"].as_str().is_some_and(|p| p.ends_with("api.wasm"))
+            })
+            .await;
+    }
+    // A broken file for one route is refused; every route keeps serving.
+    std::fs::write(dir.join("broken.wasm"), b"\0asm broken").unwrap();
+    swap_to(&dir.join("broken.wasm"));
+    pulse
+        .wait_for_stderr(|l| l["event"] == "reload" && l["outcome"] == "rejected")
+        .await;
+    let (status, _, _) = http(addr, Method::GET, "/api/count").await;
+    assert_eq!(status, StatusCode::OK, "the old api keeps serving");
+
+    stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for ((ok, failed), path) in counters.iter().zip(["/healthcheck", "/api/count"]) {
+        let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+        assert_eq!(failed, 0, "{path}: no request may fail ({ok} answered)");
+        assert!(ok > 0, "{path} was served");
+    }
+    pulse.terminate().await;
+}
