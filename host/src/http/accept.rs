@@ -10,10 +10,18 @@
 //!   idle connections can never lock out the kubelet's next probe.
 //! - **Accept errors** (out of file descriptors and the like) back off
 //!   instead of retrying in a busy loop.
+//! - **Protocols**: HTTP/1.1 and HTTP/2 cleartext (h2c with prior
+//!   knowledge, as meshes and gRPC clients speak it) on the same port, told
+//!   apart by the connection's first bytes. Every limit below holds per
+//!   HTTP/1.1 request and per HTTP/2 stream alike; HTTP/2 flow control is
+//!   per stream, so a stream whose client does not read stalls only itself
+//!   (until the handler's request timeout), never its connection's others.
 //! - **Idle and slow headers**: a connection must send a request's headers
 //!   within `header_timeout`; hyper's timer also runs while a kept-alive
-//!   connection waits for its next request, so an idle connection is closed
-//!   after the same time.
+//!   HTTP/1.1 connection waits for its next request, so an idle connection
+//!   is closed after the same time. A connection (of either protocol, or
+//!   one that never sends its first bytes) with no request in progress and
+//!   none begun for `header_timeout` is closed too.
 //! - **Slow readers**: a client that does not read what pulse writes is cut
 //!   (see [`crate::http::pace`]).
 //! - **Shutdown**: the listener closes, connections with no request in
@@ -30,9 +38,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::server::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -59,7 +67,15 @@ pub(crate) struct PortLimits {
     pub shutdown_grace: Duration,
 }
 
-/// Serves HTTP/1.1 on `listener`, answering each request with `service`,
+/// The most concurrent streams one HTTP/2 connection may open; the
+/// handler's slots still bound the requests in the guest.
+const MAX_STREAMS: u32 = 128;
+
+/// The largest header block an HTTP/2 request may send (HTTP/1.1 has
+/// hyper's own cap on its header buffer).
+const MAX_HEADER_LIST: u32 = 64 * 1024;
+
+/// Serves HTTP/1.1 and h2c on `listener`, answering each request with `service`,
 /// under `limits`, until `shutdown` resolves; then drains as the module
 /// documentation says.
 pub(crate) async fn serve<S, F, B>(
@@ -79,11 +95,20 @@ pub(crate) async fn serve<S, F, B>(
     let mut live: VecDeque<Arc<ConnectionState>> = VecDeque::new();
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let mut builder = http1::Builder::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .keep_alive(true)
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .keep_alive_interval(Some(limits.header_timeout))
+        .keep_alive_timeout(limits.header_timeout);
+    let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -141,7 +166,9 @@ pub(crate) async fn serve<S, F, B>(
         live.push_back(state.clone());
         let service = service.clone();
         let in_progress = state.in_progress.clone();
+        let begun = state.begun.clone();
         let hyper_service = hyper::service::service_fn(move |request| {
+            begun.fetch_add(1, Ordering::SeqCst);
             let busy = Counted::new(&in_progress);
             let answer = service(request);
             async move {
@@ -150,16 +177,19 @@ pub(crate) async fn serve<S, F, B>(
             }
         });
         let io = TokioIo::new(PacedIo::new(stream, limits.pace));
-        let connection = builder.serve_connection(io, hyper_service);
         let mut stopping = stopping.clone();
         let port = limits.port.name();
+        let builder = builder.clone();
+        let idle_limit = limits.header_timeout;
         connections.spawn(async move {
             let _open = guard;
             let _ended = Ended(state.clone());
+            let connection = builder.serve_connection(io, hyper_service);
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
                 () = state.evict.notified() => return,
+                () = state.idle_for(idle_limit) => return,
                 () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
                     if state.is_idle() {
                         // Idle or still sending headers: nothing to finish.
@@ -204,6 +234,8 @@ pub(crate) async fn serve<S, F, B>(
 struct ConnectionState {
     /// Requests whose response is not yet sent.
     in_progress: Arc<AtomicUsize>,
+    /// Requests begun on it so far.
+    begun: Arc<AtomicUsize>,
     /// Told to close the connection to make room for a new one.
     evict: Notify,
     /// The connection's task has ended.
@@ -217,6 +249,21 @@ impl ConnectionState {
 
     fn has_ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the connection has had no request in progress and
+    /// none begun for a whole `limit` (so after between one and two
+    /// `limit`s of idleness).
+    async fn idle_for(&self, limit: Duration) {
+        let mut begun = self.begun.load(Ordering::SeqCst);
+        loop {
+            tokio::time::sleep(limit).await;
+            let now = self.begun.load(Ordering::SeqCst);
+            if now == begun && self.is_idle() {
+                return;
+            }
+            begun = now;
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod common;
 mod containers;
 mod cronjob;
 mod durable;
+mod h2c;
 mod hardening;
 mod hostile;
 mod instances;
