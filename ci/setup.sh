@@ -30,6 +30,7 @@ if [ "$level" = test ]; then
     command -v ip >/dev/null || packages+=(iproute2)                    # network namespaces
     command -v getent >/dev/null || packages+=(libc-bin)
     command -v promtool >/dev/null || packages+=(prometheus)            # alert rules: promtool, and a real Prometheus in the tests
+    command -v redis-server >/dev/null || packages+=(redis-server)      # wasi:keyvalue on a real Redis in the tests
 fi
 if ((${#packages[@]})); then
     if [ "$(id -u)" -ne 0 ]; then

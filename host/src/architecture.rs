@@ -36,7 +36,7 @@ fn sources() -> Vec<Source> {
                 .collect();
             let module = match parts.as_slice() {
                 [only] if only == "lib" || only == "main" || only == "architecture" => return None,
-                [folder, file] if file == "mod" => folder.clone(),
+                [folders @ .., file] if file == "mod" => folders.join("::"),
                 _ => parts.join("::"),
             };
             if module.ends_with("_tests") {

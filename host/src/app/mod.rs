@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use crate::http::admin::Readiness;
 use crate::http::server;
 use crate::ops::clock;
-use crate::ops::metrics::Port;
+use crate::ops::metrics::{Metrics, Port};
 use crate::ops::shutdown::Shutdown;
 use crate::probe::{Outcome, ProbeComponent, Prober, Target};
 use crate::runtime::reload::Reloadable;
@@ -21,6 +21,7 @@ use crate::schedule::state::{ProbeState, StateDir};
 use crate::settings::cli::{Cli, Command, ProbeArgs, RunArgs, ScheduleArgs, ServeArgs, WhenArgs};
 use crate::settings::file::ConfigFile;
 use crate::settings::merge::{self, HandlerSettings, ProbeFlags, ProbeSettings};
+use crate::settings::stores;
 
 mod start;
 mod tools;
@@ -38,21 +39,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(path) => (ConfigFile::load(path)?, path.display().to_string()),
         None => (ConfigFile::default(), String::new()),
     };
+    let metrics = Arc::new(Metrics::new());
     match &cli.command {
         Command::Next(args) => tools::next_command(args),
         Command::Check(args) => {
             let configured = tools::configured_components(&file);
-            let start = Start::new(&cli, file, source.clone(), None)?;
+            let start = Start::new(&cli, file, source.clone(), None, metrics)?;
             tools::check_command(&start.runtime, args, configured, &source)
         }
         Command::Compile(args) => {
-            let start = Start::new(&cli, file, source, None)?;
+            let start = Start::new(&cli, file, source, None, metrics)?;
             tools::compile_command(&start.runtime, args)
         }
-        Command::Serve(args) => serve_command(&cli, args, file, source).await,
-        Command::Schedule(args) => schedule_command(&cli, args, file, source).await,
-        Command::Probe(args) => probe_command(&cli, args, file, source).await,
-        Command::Run(args) => run_command(&cli, args, file, source).await,
+        Command::Serve(args) => serve_command(&cli, args, file, source, metrics).await,
+        Command::Schedule(args) => schedule_command(&cli, args, file, source, metrics).await,
+        Command::Probe(args) => probe_command(&cli, args, file, source, metrics).await,
+        Command::Run(args) => run_command(&cli, args, file, source, metrics).await,
     }
 }
 
@@ -62,15 +64,16 @@ async fn serve_command(
     args: &ServeArgs,
     file: ConfigFile,
     source: String,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
-    let stores = merge::keyvalue_stores(&file, &source)?;
+    let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
     let handler = merge::handler(args, merge::Shared::new(cli, &stores), &file, &source)?;
     let workload = Workload {
         handler: Some(handler),
         probes: None,
         admin_listen: args.admin.admin_listen,
     };
-    workload.run(cli, file, source).await
+    workload.run(cli, file, source, metrics).await
 }
 
 /// `pulse schedule`: every probe on its schedule until a signal.
@@ -79,8 +82,9 @@ async fn schedule_command(
     args: &ScheduleArgs,
     file: ConfigFile,
     source: String,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
-    let stores = merge::keyvalue_stores(&file, &source)?;
+    let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
     let flags = ProbeFlags::new(merge::Shared::new(cli, &stores), &args.probe, &args.when);
     let probes = Scheduled {
         settings: merge::probes(flags, &file, &source)?,
@@ -91,7 +95,7 @@ async fn schedule_command(
         probes: Some(probes),
         admin_listen: args.admin.admin_listen,
     };
-    workload.run(cli, file, source).await
+    workload.run(cli, file, source, metrics).await
 }
 
 /// `pulse probe`: every probe once, now; exit 0 only if all were healthy.
@@ -100,12 +104,13 @@ async fn probe_command(
     args: &ProbeArgs,
     file: ConfigFile,
     source: String,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
     let when = WhenArgs::default();
-    let stores = merge::keyvalue_stores(&file, &source)?;
+    let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
     let flags = ProbeFlags::new(merge::Shared::new(cli, &stores), args, &when);
     let settings = merge::probes(flags, &file, &source)?;
-    let start = Start::new(cli, file, source, None)?;
+    let start = Start::new(cli, file, source, None, metrics)?;
     let components = start.load_probe_components(&settings).await?;
     let probers = start.aim(settings, components, None)?;
     let mut healthy = true;
@@ -128,8 +133,9 @@ async fn run_command(
     args: &RunArgs,
     file: ConfigFile,
     source: String,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
-    let stores = merge::keyvalue_stores(&file, &source)?;
+    let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
     let shared = merge::Shared::new(cli, &stores);
     let handler = merge::handler(&args.serve, shared, &file, &source)?;
     let flags = ProbeFlags::new(shared, &args.probe, &args.when);
@@ -142,7 +148,7 @@ async fn run_command(
         probes: Some(probes),
         admin_listen: args.serve.admin.admin_listen,
     };
-    workload.run(cli, file, source).await
+    workload.run(cli, file, source, metrics).await
 }
 
 /// What a long-running command serves and fires: `serve` has a handler,
@@ -165,13 +171,19 @@ impl Workload {
     /// probes, bind the main port, aim the probes (at this server when
     /// there is one and a probe names no target), turn ready, watch the
     /// files, then serve and fire until SIGTERM or SIGINT.
-    async fn run(self, cli: &Cli, file: ConfigFile, source: String) -> anyhow::Result<ExitCode> {
+    async fn run(
+        self,
+        cli: &Cli,
+        file: ConfigFile,
+        source: String,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<ExitCode> {
         let Workload {
             handler,
             probes,
             admin_listen,
         } = self;
-        let start = Start::new(cli, file, source, handler.as_ref())?;
+        let start = Start::new(cli, file, source, handler.as_ref(), metrics)?;
         if let Some(handler) = &handler {
             start.precheck_routes(handler)?;
         }

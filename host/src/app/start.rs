@@ -33,12 +33,13 @@ pub struct Start {
 impl Start {
     /// The engines, sized for the concurrent requests of every route of
     /// the `handler` (and as many idle WASI 0.2 instances if one reuses
-    /// them), and the metrics.
+    /// them), recording into `metrics`.
     pub fn new(
         cli: &Cli,
         file: ConfigFile,
         source: String,
         handler: Option<&HandlerSettings>,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let global = merge::global(cli, &file);
         let routes = handler.map_or(&[][..], |h| h.routes.as_slice());
@@ -49,7 +50,6 @@ impl Start {
             .any(|r| r.options.reuse.max_requests(Wasi::P2) > 1);
         let max_memory = usize::try_from(global.max_memory).unwrap_or(usize::MAX);
         let limits = GuestLimits::sized_for(max_memory, concurrency, reuses_p2);
-        let metrics = Arc::new(Metrics::new());
         let (budget, budget_source) = match global.memory_budget {
             Some(bytes) => (bytes, BudgetSource::Configured),
             None => memory::default_budget(),

@@ -9,12 +9,12 @@ use anyhow::Context;
 use crate::app::EXIT_UNHEALTHY;
 use crate::ops::clock::{self, rfc3339};
 use crate::runtime::component_scan::Declared;
+use crate::runtime::LoadError;
 use crate::runtime::{Role, Runtime, Wasi};
 use crate::schedule::cron::{Expression, Schedule};
-use crate::runtime::LoadError;
 use crate::settings::cli::{CheckArgs, CheckRole, CompileArgs, NextArgs};
-use crate::settings::file::ConfigFile;
 use crate::settings::defaults;
+use crate::settings::file::ConfigFile;
 
 /// `pulse compile`: the component precompiled, written atomically.
 pub fn compile_command(runtime: &Runtime, args: &CompileArgs) -> anyhow::Result<ExitCode> {
@@ -107,7 +107,11 @@ pub fn configured_components(file: &ConfigFile) -> Vec<(PathBuf, Role)> {
     let mut components: Vec<(PathBuf, Role)> = handlers
         .filter_map(|section| section.component.clone())
         .map(|path| (path, Role::Handler))
-        .chain(file.probes.iter().map(|p| (p.component.clone(), Role::Probe)))
+        .chain(
+            file.probes
+                .iter()
+                .map(|p| (p.component.clone(), Role::Probe)),
+        )
         .collect();
     let mut seen = Vec::new();
     components.retain(|c| {

@@ -213,7 +213,11 @@ impl Handler {
 
     /// Answers one request, whose id is `id`. Never fails: failures become
     /// 4xx/5xx answers.
-    pub async fn handle(&self, request: Request<Incoming>, id: String) -> Response<HyperOutgoingBody> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        id: String,
+    ) -> Response<HyperOutgoingBody> {
         let started = Instant::now();
         let span = tracing::info_span!("request", request_id = %id, component = &*self.name.0,
             method = %request.method(), path = request.uri().path(), otel.kind = tracing::field::Empty);

@@ -175,8 +175,11 @@ impl Router {
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
-            self.metrics
-                .request(&self.unrouted, StatusCode::NOT_FOUND.as_u16(), started.elapsed());
+            self.metrics.request(
+                &self.unrouted,
+                StatusCode::NOT_FOUND.as_u16(),
+                started.elapsed(),
+            );
             return response;
         };
         let headers = request.headers_mut();

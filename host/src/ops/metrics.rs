@@ -160,6 +160,11 @@ impl prometheus_client::encoding::EncodeLabelValue for ComponentName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    store: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RoleLabels {
     role: Component,
 }
@@ -213,6 +218,8 @@ pub struct Metrics {
     probe_next_run: Family<ProbeLabels, FloatGauge>,
     probe_duration: Family<ProbeLabels, Histogram, fn() -> Histogram>,
     reloads: Family<ReloadLabels, Counter>,
+    keyvalue_errors: Family<StoreLabels, Counter>,
+    keyvalue_available: Family<StoreLabels, Gauge>,
     in_flight: Gauge,
     connections_refused: Family<PortLabels, Counter>,
     guest_memory: Gauge,
@@ -302,6 +309,18 @@ impl Metrics {
             "Component reloads, by role and outcome (loaded, rejected)",
             reloads.clone(),
         );
+        let keyvalue_errors = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "pulse_keyvalue_errors",
+            "wasi:keyvalue calls a store's backend failed (its server down, a timeout, a bad value), by store",
+            keyvalue_errors.clone(),
+        );
+        let keyvalue_available = Family::<StoreLabels, Gauge>::default();
+        registry.register(
+            "pulse_keyvalue_available",
+            "1 while a Redis keyvalue store's server answered its last call, 0 after it failed to",
+            keyvalue_available.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "pulse_http_requests_in_flight",
@@ -356,7 +375,21 @@ impl Metrics {
             probe_next_run,
             probe_duration,
             reloads,
+            keyvalue_errors,
+            keyvalue_available,
         }
+    }
+
+    /// The error counter and the availability gauge of the keyvalue store
+    /// `store`.
+    pub fn keyvalue_store(&self, store: &str) -> (Counter, Gauge) {
+        let labels = StoreLabels {
+            store: store.to_owned(),
+        };
+        (
+            self.keyvalue_errors.get_or_create(&labels).clone(),
+            self.keyvalue_available.get_or_create(&labels).clone(),
+        )
     }
 
     /// Counts one request `component` answered (see [`ComponentName`]).

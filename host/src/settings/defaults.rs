@@ -181,3 +181,10 @@ mod tests {
         assert_eq!(duration_text(Duration::from_secs(30)), "30s");
     }
 }
+
+/// The longest a `redis` keyvalue store's call or connection attempt may
+/// take.
+pub const KEYVALUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A `redis` keyvalue store's multiplexed connections.
+pub const KEYVALUE_CONNECTIONS: usize = 2;

@@ -144,8 +144,18 @@ pub struct FromEnv {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// Where its values live: `memory` (this process only).
+    /// Where its values live: `memory` (this process only) or `redis`.
     pub backend: String,
     /// What a `memory` store holds to begin with.
     pub data: Option<BTreeMap<String, String>>,
+    /// A `redis` store's server, `redis://host:port/db`.
+    pub url: Option<String>,
+    /// The environment variable that holds a `redis` store's password.
+    pub password_env: Option<String>,
+    /// What a `redis` store's keys start with in the server.
+    pub prefix: Option<String>,
+    /// The longest a `redis` store's call or connection attempt may take.
+    pub timeout: Option<Dur>,
+    /// A `redis` store's multiplexed connections.
+    pub connections: Option<u32>,
 }

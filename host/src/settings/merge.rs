@@ -38,7 +38,7 @@ use crate::http::handler::{Reuse, ServeOptions};
 use crate::http::pace::Pace;
 use crate::http::routes::RoutePattern;
 use crate::probe::{ProbeOptions, Target};
-use crate::runtime::keyvalue::{Backend, Memory, Opened, Stores};
+use crate::runtime::keyvalue::{Opened, Stores};
 use crate::runtime::outbound::AllowList;
 use crate::runtime::GuestConfig;
 use crate::schedule::cron::{Expression, Policy, Schedule};
@@ -164,7 +164,10 @@ pub fn handler(
     if let Some((component, component_source)) = given {
         routes.push(RouteSettings {
             pattern: RoutePattern::everything(),
-            name: section.name.clone().unwrap_or_else(|| file_stem(&component)),
+            name: section
+                .name
+                .clone()
+                .unwrap_or_else(|| file_stem(&component)),
             component,
             component_source,
             options: base.clone(),
@@ -187,9 +190,14 @@ pub fn handler(
             route.min_body_rate.is_some(),
             route.shutdown_grace.is_some(),
         ];
-        if let Some(key) = PORT_KEYS.iter().zip(set).find_map(|(k, set)| set.then_some(k)) {
+        if let Some(key) = PORT_KEYS
+            .iter()
+            .zip(set)
+            .find_map(|(k, set)| set.then_some(k))
+        {
             bail!("{where_} ({pattern}) {key}: it is the port's, the same for every route: set it under [handler]");
         }
+        let table = format!("{table} ({pattern})");
         let options = serve_options(args, section, Some(route), shared, &table, source)?;
         routes.push(RouteSettings {
             pattern,
@@ -208,7 +216,9 @@ pub fn handler(
         if let Some(other) = routes[..i].iter().find(|o| o.pattern == route.pattern) {
             bail!(
                 "{}: the route {} is also {}'s: give each path one component",
-                route.component_source, route.pattern, other.component_source
+                route.component_source,
+                route.pattern,
+                other.component_source
             );
         }
         if let Some(other) = routes[..i].iter().find(|o| o.name == route.name) {
@@ -226,8 +236,10 @@ pub fn handler(
 
 /// A component's default name: its file name without the extension.
 fn file_stem(path: &std::path::Path) -> String {
-    path.file_stem()
-        .map_or_else(|| "handler".to_owned(), |s| s.to_string_lossy().into_owned())
+    path.file_stem().map_or_else(
+        || "handler".to_owned(),
+        |s| s.to_string_lossy().into_owned(),
+    )
 }
 
 /// The options of `[handler]`'s component (`route` is `None`) or of a
@@ -260,8 +272,8 @@ fn serve_options(
     let pick_count = |of: fn(&HandlerSection) -> Option<u32>, flag: Option<u32>| {
         route.and_then(of).or(flag).or(of(section))
     };
-    let max_concurrency =
-        pick_count(|s| s.max_concurrency, args.max_concurrency).unwrap_or(defaults::MAX_CONCURRENCY);
+    let max_concurrency = pick_count(|s| s.max_concurrency, args.max_concurrency)
+        .unwrap_or(defaults::MAX_CONCURRENCY);
     if max_concurrency == 0 {
         bail!("{source}: {table} max_concurrency: must be at least 1");
     }
@@ -272,8 +284,11 @@ fn serve_options(
     let reuse = Reuse {
         max_requests_p2: max_instance_reuse.unwrap_or(defaults::INSTANCE_REUSE_P2),
         max_requests_p3: max_instance_reuse.unwrap_or(defaults::INSTANCE_REUSE_P3),
-        max_concurrent: pick_count(|s| s.max_instance_concurrency, args.max_instance_concurrency)
-            .unwrap_or(defaults::INSTANCE_CONCURRENCY),
+        max_concurrent: pick_count(
+            |s| s.max_instance_concurrency,
+            args.max_instance_concurrency,
+        )
+        .unwrap_or(defaults::INSTANCE_CONCURRENCY),
         idle_timeout: pick(
             |s| s.instance_idle_timeout,
             args.instance_idle_timeout,
@@ -370,22 +385,6 @@ impl<'a> Shared<'a> {
             stores,
         }
     }
-}
-
-/// The `[keyvalue.NAME]` stores of `file` (read from `source`), made once
-/// per process.
-pub fn keyvalue_stores(file: &ConfigFile, source: &str) -> anyhow::Result<Stores> {
-    let mut stores: BTreeMap<String, Arc<dyn Backend>> = BTreeMap::new();
-    for (name, store) in &file.keyvalue {
-        let backend: Arc<dyn Backend> = match store.backend.as_str() {
-            "memory" => Arc::new(Memory::seeded(store.data.clone().unwrap_or_default())),
-            other => bail!(
-                "{source}: [keyvalue.{name}] backend {other:?} is not one pulse provides: use \"memory\" (this process only)"
-            ),
-        };
-        stores.insert(name.clone(), backend);
-    }
-    Ok(Arc::new(stores))
 }
 
 /// The stores of `stores` that `names` (from `table`) lists.

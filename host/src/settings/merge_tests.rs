@@ -1,7 +1,9 @@
 //! The merge's unit tests: precedence, defaults and every bad-input error.
 
 use super::*;
+use crate::ops::metrics::Metrics;
 use crate::schedule::cron::ConcurrencyPolicy;
+use crate::settings::stores::keyvalue_stores;
 use clap::Parser;
 use std::path::Path;
 
@@ -25,7 +27,7 @@ fn serve(args: &[&str], toml: &str) -> HandlerSettings {
         panic!("not serve")
     };
     let file = file(toml);
-    let stores = keyvalue_stores(&file, "pulse.toml").unwrap();
+    let stores = keyvalue_stores(&file, "pulse.toml", &Metrics::new()).unwrap();
     handler(serve, Shared::new(&cli, &stores), &file, "pulse.toml").unwrap()
 }
 
@@ -49,7 +51,7 @@ fn schedule(args: &[&str], toml: &str) -> Vec<ProbeSettings> {
         panic!("not schedule")
     };
     let file = file(toml);
-    let stores = keyvalue_stores(&file, "pulse.toml").unwrap();
+    let stores = keyvalue_stores(&file, "pulse.toml", &Metrics::new()).unwrap();
     let flags = ProbeFlags::new(Shared::new(&cli, &stores), &schedule.probe, &schedule.when);
     probes(flags, &file, "pulse.toml").unwrap()
 }
@@ -589,7 +591,7 @@ fn serve_error(args: &[&str], toml: &str) -> String {
         panic!("not serve")
     };
     let file = file(toml);
-    let stores = keyvalue_stores(&file, "pulse.toml").unwrap();
+    let stores = keyvalue_stores(&file, "pulse.toml", &Metrics::new()).unwrap();
     let error = handler(serve, Shared::new(&cli, &stores), &file, "pulse.toml").unwrap_err();
     format!("{error:#}")
 }
@@ -636,18 +638,34 @@ fn routes_take_limits_from_handler_but_keep_their_own_component_keys() {
         Duration::from_secs(2),
         "the flag over [handler]'s key"
     );
-    assert_eq!(handler.options.env.to_vec(), [("SECRET".into(), "handler's".into())]);
-    assert!(api.options.env.is_empty(), "a route does not get [handler]'s env");
-    assert!(api.component_source.contains("[[route]] 1"), "{}", api.component_source);
+    assert_eq!(
+        handler.options.env.to_vec(),
+        [("SECRET".into(), "handler's".into())]
+    );
+    assert!(
+        api.options.env.is_empty(),
+        "a route does not get [handler]'s env"
+    );
+    assert!(
+        api.component_source.contains("[[route]] 1"),
+        "{}",
+        api.component_source
+    );
 }
 
 #[test]
 fn routes_alone_need_no_handler_component() {
-    let settings = serve(&[], "[[route]]\npath = \"/healthcheck\"\ncomponent = \"h.wasm\"\n");
+    let settings = serve(
+        &[],
+        "[[route]]\npath = \"/healthcheck\"\ncomponent = \"h.wasm\"\n",
+    );
     assert_eq!(settings.routes.len(), 1);
     assert_eq!(settings.routes[0].pattern.to_string(), "/healthcheck");
     let none = serve_error(&[], "");
-    assert!(none.contains("[[route]]") && none.contains("--handler"), "{none}");
+    assert!(
+        none.contains("[[route]]") && none.contains("--handler"),
+        "{none}"
+    );
 }
 
 #[test]
@@ -671,15 +689,18 @@ fn bad_routes_are_refused_naming_the_route_and_the_fix() {
         ("[handler]\ncomponent = \"a.wasm\"\npath = \"/x\"\n", "[handler] path"),
         (
             "[[route]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nmax_concurrency = 0\n",
-            "[[route]] 1 max_concurrency: must be at least 1",
+            "[[route]] 1 (/a) max_concurrency: must be at least 1",
         ),
         (
             "[[route]]\npath = \"/a\"\ncomponent = \"a.wasm\"\nkeyvalue = [\"nope\"]\n",
-            "[[route]] 1 keyvalue",
+            "[[route]] 1 (/a) keyvalue",
         ),
     ];
     for (toml, expected) in cases {
         let error = serve_error(&[], toml);
-        assert!(error.contains(expected), "{toml}\n→ {error}\n(wanted {expected:?})");
+        assert!(
+            error.contains(expected),
+            "{toml}\n→ {error}\n(wanted {expected:?})"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Settings: the command line and its `PULSE_*` environment variables
 //! ([`cli`]), `pulse.toml` as written ([`file`]), every default
 //! ([`defaults`]), and the merge of the three into checked, typed settings
-//! ([`merge`]: flag, then file, then default); sizes and durations parse
-//! alike from flags and TOML ([`units`]).
+//! ([`merge`]: flag, then file, then default), the keyvalue stores the
+//! file defines ([`stores`]); sizes and durations parse alike from flags
+//! and TOML ([`units`]).
 //!
 //! Settings sit just below [`crate::app`], not at the bottom: they turn
 //! text into the option types each layer defines beside the code that uses
@@ -14,4 +15,5 @@ pub mod cli;
 pub mod defaults;
 pub mod file;
 pub mod merge;
+pub mod stores;
 pub mod units;

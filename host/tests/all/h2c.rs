@@ -68,7 +68,10 @@ async fn curl_with_prior_knowledge_gets_the_same_answers_as_http_1_1() {
         let h2 = curl("--http2-prior-knowledge", path).await;
         let (h1_body, h1_tail) = h1.rsplit_once('\n').unwrap();
         let (h2_body, h2_tail) = h2.rsplit_once('\n').unwrap();
-        assert!(h2_tail.starts_with("2 "), "{path}: spoken over HTTP/2: {h2_tail}");
+        assert!(
+            h2_tail.starts_with("2 "),
+            "{path}: spoken over HTTP/2: {h2_tail}"
+        );
         assert!(h1_tail.starts_with("1.1 "), "{path}: {h1_tail}");
         assert_eq!(h1_tail[4..], h2_tail[2..], "{path}: the same status");
         let strip = |body: &str| -> serde_json::Value {
@@ -122,10 +125,17 @@ async fn a_stream_nobody_reads_stalls_only_itself_until_its_timeout() {
     // An endless body, never read: its stream window fills and stays full.
     let stalled = sender.send_request(get(addr, "/stream")).await.unwrap();
     assert_eq!(stalled.status(), StatusCode::OK);
-    assert_eq!(in_flight(admin).await, 1, "the stalled stream holds its slot");
+    assert_eq!(
+        in_flight(admin).await,
+        1,
+        "the stalled stream holds its slot"
+    );
     // The connection's other streams go on meanwhile.
     for _ in 0..20 {
-        let response = sender.send_request(get(addr, "/healthcheck")).await.unwrap();
+        let response = sender
+            .send_request(get(addr, "/healthcheck"))
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         response.into_body().collect().await.unwrap();
     }
@@ -137,7 +147,10 @@ async fn a_stream_nobody_reads_stalls_only_itself_until_its_timeout() {
         || "the stalled stream's slot freed".into(),
     )
     .await;
-    let response = sender.send_request(get(addr, "/healthcheck")).await.unwrap();
+    let response = sender
+        .send_request(get(addr, "/healthcheck"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     drop(stalled);
     pulse.terminate().await;
@@ -148,7 +161,10 @@ async fn an_idle_http_2_connection_and_a_silent_one_are_closed() {
     let (mut pulse, addr): (Pulse, _) =
         common::serve_with(&component("health"), &["--header-timeout", "500ms"]).await;
     let (mut sender, driven) = h2(addr).await;
-    let response = sender.send_request(get(addr, "/healthcheck")).await.unwrap();
+    let response = sender
+        .send_request(get(addr, "/healthcheck"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     response.into_body().collect().await.unwrap();
     // No request after that one: the server closes the connection.

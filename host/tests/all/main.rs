@@ -14,6 +14,7 @@ mod h2c;
 mod hardening;
 mod hostile;
 mod instances;
+mod keyvalue;
 mod misbehaving_guests;
 mod monitoring;
 mod precompiled;

@@ -107,7 +107,12 @@ async fn each_route_answers_with_its_component_and_the_longest_wins() {
     // `pulse check` with the config file and no FILE checks every route.
     let checked = run_pulse(&["--config", config.to_str().unwrap(), "check"]).await;
     assert_eq!(checked.status.code(), Some(0), "{}", checked.stdout);
-    assert_eq!(checked.stdout.matches("ok: ").count(), 3, "{}", checked.stdout);
+    assert_eq!(
+        checked.stdout.matches("ok: ").count(),
+        3,
+        "{}",
+        checked.stdout
+    );
     std::fs::write(&api, b"not a component").unwrap();
     let checked = run_pulse(&["--config", config.to_str().unwrap(), "check"]).await;
     assert_eq!(checked.status.code(), Some(1), "{}", checked.stdout);
