@@ -34,6 +34,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long every handler slot must stay busy before `/readyz` says so.
 pub const SATURATION_GRACE: Duration = Duration::from_secs(1);
 
+/// A handler's name and its saturation.
+type Watched = (String, Arc<Saturation>);
+
 /// Whether this process should get traffic: ready once its components are
 /// loaded, not while every handler slot has been busy for longer than
 /// [`SATURATION_GRACE`], and no longer once shutdown has begun.
@@ -41,7 +44,7 @@ pub const SATURATION_GRACE: Duration = Duration::from_secs(1);
 pub struct Readiness {
     loaded: Arc<AtomicBool>,
     /// Each handler's, by its name.
-    saturation: Arc<Mutex<Vec<(String, Arc<Saturation>)>>>,
+    saturation: Arc<Mutex<Vec<Watched>>>,
     shutdown: Shutdown,
 }
 

@@ -267,7 +267,7 @@ mod tests {
 
     #[test]
     fn the_most_specific_route_sorts_first() {
-        let mut patterns = vec![
+        let mut patterns = [
             pattern("/..."),
             pattern("/api/..."),
             pattern("/api"),

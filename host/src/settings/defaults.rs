@@ -49,6 +49,13 @@ pub const SCHEDULE: &str = "0 8 * * *";
 /// The name of the single probe the command line describes.
 pub const PROBE_NAME: &str = "probe";
 
+/// The longest a `redis` keyvalue store's call or connection attempt may
+/// take.
+pub const KEYVALUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A `redis` keyvalue store's multiplexed connections.
+pub const KEYVALUE_CONNECTIONS: usize = 2;
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -181,10 +188,3 @@ mod tests {
         assert_eq!(duration_text(Duration::from_secs(30)), "30s");
     }
 }
-
-/// The longest a `redis` keyvalue store's call or connection attempt may
-/// take.
-pub const KEYVALUE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A `redis` keyvalue store's multiplexed connections.
-pub const KEYVALUE_CONNECTIONS: usize = 2;
