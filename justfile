@@ -136,10 +136,11 @@ k8s-check: build-components
     kubectl kustomize k8s/overlays/configmap > "$out/configmap.yaml"
     kubectl kustomize k8s/overlays/monitoring > "$out/monitoring.yaml"
     kubectl kustomize k8s/overlays/cronjob-monitoring > "$out/cronjob-monitoring.yaml"
+    kubectl kustomize k8s/overlays/redis > "$out/redis.yaml"
     # PodMonitor and PrometheusRule have no schema here: k8s_policy.py and
     # promtool check what they mean.
-    kubernetes-validate --strict --quiet --no-warn --kubernetes-version 1.37.0 "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml" "$out/monitoring.yaml" "$out/cronjob-monitoring.yaml"
-    python3 ci/k8s_policy.py "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml" "$out/monitoring.yaml" "$out/cronjob-monitoring.yaml"
+    kubernetes-validate --strict --quiet --no-warn --kubernetes-version 1.37.0 "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml" "$out/monitoring.yaml" "$out/cronjob-monitoring.yaml" "$out/redis.yaml"
+    python3 ci/k8s_policy.py "$out/base.yaml" "$out/cronjob.yaml" "$out/configmap.yaml" "$out/monitoring.yaml" "$out/cronjob-monitoring.yaml" "$out/redis.yaml"
     rm -rf target/alerts
     python3 ci/rules_from_manifests.py target/alerts "$out/cronjob-monitoring.yaml" >/dev/null
     cp ci/alerts.test.yaml target/alerts/

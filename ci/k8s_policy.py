@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the rendered manifests for what pulse promises its deployers.
 
-Usage: k8s_policy.py BASE.yaml CRONJOB.yaml CONFIGMAP.yaml MONITORING.yaml CRONJOB-MONITORING.yaml
+Usage: k8s_policy.py BASE.yaml CRONJOB.yaml CONFIGMAP.yaml MONITORING.yaml CRONJOB-MONITORING.yaml REDIS.yaml
        (each the output of `kubectl kustomize` of the base and the overlays)
 
 Schema validity is kubernetes-validate's job; this checks the meaning: the
@@ -14,7 +14,10 @@ drain; memory limits that cover the guests' budget; the compilation
 cache's limit below its volume's; the probe's schedule state on an
 emptyDir; the PodDisruptionBudget, topology spread and NetworkPolicies; the
 CronJob overlay; and the monitoring overlays (a PodMonitor that scrapes
-every pulse pod's admin port, every alert with its annotations). Exits 1 listing every failure.
+every pulse pod's admin port, every alert with its annotations); and the
+redis overlay (the api's keyvalue store on the Service `redis`, its
+password from a Secret, and only the api let through to Redis). Exits 1
+listing every failure.
 """
 import base64
 import json
@@ -306,6 +309,59 @@ def check_probe_deployment(objects, where, delivery):
               f"{where}: the probe's state dir {state_dir} must be a writable emptyDir mount (the root filesystem is read-only, and it must outlive container restarts)")
 
 
+def check_redis(objects, where):
+    """The redis overlay: the api reads a pulse.toml whose keyvalue store is
+    on the Service `redis` with its password from the environment, which
+    takes it from a Secret; Redis runs restricted and asks for the password;
+    only the api reaches it."""
+    check_api(objects, where, "image")
+    api = one(objects, "Deployment", "api", where)
+    redis = one(objects, "Deployment", "redis", where)
+    service = one(objects, "Service", "redis", where)
+    if not (api and redis and service):
+        return
+    pod = api["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    check("--config=/config/pulse.toml" in c["args"], f"{where}: the api must read /config/pulse.toml")
+    configmaps = {o["metadata"]["name"]: o for o in objects if o["kind"] == "ConfigMap"}
+    mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == "/config"), None)
+    volume = mount and next((v for v in pod.get("volumes", []) if v["name"] == mount["name"]), None)
+    text = configmaps.get((volume or {}).get("configMap", {}).get("name"), {}).get("data", {}).get("pulse.toml")
+    check(text is not None, f"{where}: the api's /config must be a ConfigMap holding pulse.toml")
+    if text is None:
+        return
+    config = tomllib.loads(text)
+    store = config.get("keyvalue", {}).get("default", {})
+    check(store.get("backend") == "redis" and store.get("url") == "redis://redis:6379",
+          f"{where}: the api's store `default` must be redis at redis://redis:6379, is {store}")
+    check("@" not in store.get("url", ""), f"{where}: the Redis url must hold no password")
+    variable = store.get("password_env")
+    secret = next((e for e in c.get("env", []) if e["name"] == variable), None)
+    check(bool(secret) and "secretKeyRef" in secret.get("valueFrom", {}),
+          f"{where}: the api's {variable} must come from a Secret")
+    check("default" in config.get("handler", {}).get("keyvalue", []), f"{where}: the handler must list the store `default`")
+    redis_pod = redis["spec"]["template"]["spec"]
+    redis_container = redis_pod["containers"][0]
+    check(redis_pod.get("securityContext", {}).get("runAsNonRoot") is True, f"{where}: redis must run as non-root")
+    check(redis_container.get("securityContext", {}).get("readOnlyRootFilesystem") is True, f"{where}: redis needs a read-only root filesystem")
+    check("--requirepass" in redis_container.get("args", []), f"{where}: redis must ask for the password")
+    check(any(p["port"] == 6379 for p in service["spec"]["ports"]), f"{where}: Service redis must expose 6379")
+    redis_labels = redis["spec"]["template"]["metadata"]["labels"]
+    check(service["spec"]["selector"].items() <= redis_labels.items(), f"{where}: Service redis must select the redis pods")
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    def selecting(labels):
+        return [p for p in policies if p["spec"].get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()]
+    api_labels = LABELS["api"]
+    check(any(6379 in {q.get("port") for q in r.get("ports", [])}
+              and any(peer.get("podSelector", {}).get("matchLabels", {}).items() <= redis_labels.items() for peer in r.get("to", []))
+              for p in selecting(api_labels) for r in p["spec"].get("egress", [])),
+          f"{where}: the api must reach redis on 6379")
+    ingress = [r for p in selecting(redis_labels) for r in p["spec"].get("ingress", [])]
+    check(bool(ingress) and all(
+        all(peer.get("podSelector", {}).get("matchLabels") == api_labels for peer in r.get("from", [])) for r in ingress),
+        f"{where}: only the api pods may reach redis")
+
+
 # Every alert the monitoring overlays must ship, by layout.
 ALERTS = {"PulseProbeFailed", "PulseProbeNoRecentSuccess", "PulseSchedulerStalled",
           "PulseComponentReloadRejected", "PulseApiErrorRatio"}
@@ -357,7 +413,7 @@ RUNBOOK_ANCHORS = {
 }
 
 
-def main(base_path, cron_path, configmap_path, monitoring_path, cron_monitoring_path):
+def main(base_path, cron_path, configmap_path, monitoring_path, cron_monitoring_path, redis_path):
     base = load(base_path)
     check_api(base, "base", "image")
     check_probe_deployment(base, "base", "image")
@@ -395,17 +451,18 @@ def main(base_path, cron_path, configmap_path, monitoring_path, cron_monitoring_
     check_monitoring(monitoring, "monitoring overlay", ALERTS)
     cron_monitoring = load(cron_monitoring_path)
     check_monitoring(cron_monitoring, "cronjob-monitoring overlay", CRONJOB_ALERTS)
+    check_redis(load(redis_path), "redis overlay")
 
     if failures:
         print("k8s policy check failed:", file=sys.stderr)
         for f in failures:
             print(f"  - {f}", file=sys.stderr)
         return 1
-    print(f"k8s policy check passed ({len(base)} objects in the base, {len(cron)} in the cronjob overlay, {len(configmap)} in the configmap overlay, {len(monitoring)} and {len(cron_monitoring)} in the monitoring overlays)")
+    print(f"k8s policy check passed ({len(base)} objects in the base, {len(cron)} in the cronjob overlay, {len(configmap)} in the configmap overlay, {len(monitoring)} and {len(cron_monitoring)} in the monitoring overlays, and the redis overlay)")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 6:
+    if len(sys.argv) != 7:
         sys.exit(__doc__)
     sys.exit(main(*sys.argv[1:]))

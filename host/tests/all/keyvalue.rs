@@ -22,8 +22,14 @@ struct RedisServer {
 impl RedisServer {
     /// Starts one on `port` and waits until it answers.
     async fn start(port: u16, dir: &Path) -> Self {
+        Self::start_with(port, dir, &[]).await
+    }
+
+    /// Starts one on `port` with `extra` arguments.
+    async fn start_with(port: u16, dir: &Path, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(extra)
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(dir)
             .stdout(Stdio::null())
@@ -55,8 +61,10 @@ async fn ping(addr: SocketAddr) -> bool {
     if stream.write_all(b"PING\r\n").await.is_err() {
         return false;
     }
-    let mut answer = [0u8; 7];
-    stream.read_exact(&mut answer).await.is_ok() && &answer == b"+PONG\r\n"
+    // `+PONG`, or `-NOAUTH ...` from a server that wants a password: it
+    // answers either way.
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await.is_ok() && matches!(&answer, b"+" | b"-")
 }
 
 fn config(port: u16) -> String {
@@ -237,5 +245,48 @@ async fn bad_redis_store_settings_are_refused_at_start_naming_them() {
             !refused.stderr.contains("hunter2"),
             "a password is never echoed"
         );
+    }
+}
+
+#[tokio::test]
+async fn the_redis_overlay_s_pulse_toml_works_with_the_password_from_the_environment() {
+    let dir = scratch_dir("keyvalue-redis-overlay");
+    let port = common::free_port().await.port();
+    let _redis = RedisServer::start_with(port, &dir, &["--requirepass", "s3cret-pw"]).await;
+    // The shipped file, pointed at this test's Redis instead of the Service.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/overlays/redis/pulse.toml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    assert!(text.contains("redis://redis:6379"), "{text}");
+    let file = dir.join("pulse.toml");
+    std::fs::write(
+        &file,
+        text.replace("redis://redis:6379", &format!("redis://127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let faulty = component("faulty");
+    let args = [
+        "--config",
+        file.to_str().unwrap(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        faulty.to_str().unwrap(),
+    ];
+    for (password, expected) in [
+        ("s3cret-pw", StatusCode::OK),
+        ("wrong", StatusCode::INTERNAL_SERVER_ERROR),
+    ] {
+        let mut command = common::pulse_command();
+        command.env("REDIS_PASSWORD", password);
+        let mut pulse = Pulse::spawn_command(command, &args);
+        let addr = pulse.listening_addr().await;
+        let (status, body) = incr(addr, "key=visits").await;
+        assert_eq!(status, expected, "password {password}: {body}");
+        assert!(
+            !pulse.stderr().contains("s3cret-pw"),
+            "the password is never logged"
+        );
+        pulse.terminate().await;
     }
 }
