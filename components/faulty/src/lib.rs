@@ -195,6 +195,14 @@ impl Handler for Faulty {
                 let value = std::env::var(name).unwrap_or_else(|_| "unset".into());
                 respond(response_out, 200, format!("{value}\n").as_bytes());
             }
+            "/alloc" => {
+                let mb: usize = query_value(&path, "mb")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                let held = vec![0x5Au8; mb << 20];
+                std::hint::black_box(&held);
+                respond(response_out, 200, format!("held {mb} MiB\n").as_bytes());
+            }
             "/headers" => {
                 let mut lines = format!("path: {full}\n");
                 for (name, value) in request.headers().entries() {

@@ -67,7 +67,12 @@ async fn serve_command(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
     let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
-    let handler = merge::handler(args, merge::Shared::new(cli, &stores), &file, &source)?;
+    let handler = merge::handler(
+        args,
+        merge::Shared::new(cli, &file, &stores),
+        &file,
+        &source,
+    )?;
     let workload = Workload {
         handler: Some(handler),
         probes: None,
@@ -85,7 +90,11 @@ async fn schedule_command(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
     let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
-    let flags = ProbeFlags::new(merge::Shared::new(cli, &stores), &args.probe, &args.when);
+    let flags = ProbeFlags::new(
+        merge::Shared::new(cli, &file, &stores),
+        &args.probe,
+        &args.when,
+    );
     let probes = Scheduled {
         settings: merge::probes(flags, &file, &source)?,
         state_dir: open_state_dir(&args.when, &file)?,
@@ -108,7 +117,7 @@ async fn probe_command(
 ) -> anyhow::Result<ExitCode> {
     let when = WhenArgs::default();
     let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
-    let flags = ProbeFlags::new(merge::Shared::new(cli, &stores), args, &when);
+    let flags = ProbeFlags::new(merge::Shared::new(cli, &file, &stores), args, &when);
     let settings = merge::probes(flags, &file, &source)?;
     let start = Start::new(cli, file, source, None, metrics)?;
     let components = start.load_probe_components(&settings).await?;
@@ -136,7 +145,7 @@ async fn run_command(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
     let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
-    let shared = merge::Shared::new(cli, &stores);
+    let shared = merge::Shared::new(cli, &file, &stores);
     let handler = merge::handler(&args.serve, shared, &file, &source)?;
     let flags = ProbeFlags::new(shared, &args.probe, &args.when);
     let probes = Scheduled {

@@ -90,6 +90,9 @@ pub struct ServeOptions {
     pub config: GuestConfig,
     /// The `wasi:keyvalue` stores the handler may open.
     pub keyvalue: crate::runtime::keyvalue::Opened,
+    /// Its own cap on an instance's linear memory, below the global
+    /// `max_memory`, if it has one.
+    pub max_memory: Option<usize>,
 }
 
 /// A loaded handler component, ready to serve; it can be replaced while
@@ -130,6 +133,7 @@ impl Handler {
                 env: options.env.clone(),
                 config: options.config.clone(),
                 keyvalue: options.keyvalue.clone(),
+                max_memory: options.max_memory,
             },
             reuse: options.reuse,
             max_idle: options.max_concurrency,

@@ -54,6 +54,7 @@ fn options(max_concurrency: usize, request_timeout: Duration) -> ServeOptions {
         env: Arc::new(Vec::new()),
         config: crate::runtime::GuestConfig::default(),
         keyvalue: crate::runtime::keyvalue::Opened::default(),
+        max_memory: None,
     }
 }
 

@@ -163,6 +163,7 @@ pub struct StoreTemplate {
     pub env: Arc<Vec<(String, String)>>,
     pub config: GuestConfig,
     pub keyvalue: Opened,
+    pub max_memory: Option<usize>,
 }
 
 impl StoreTemplate {
@@ -176,6 +177,7 @@ impl StoreTemplate {
             config: self.config.clone(),
             keyvalue: self.keyvalue.clone(),
             span,
+            max_memory: self.max_memory,
         }
     }
 }

@@ -394,7 +394,7 @@ fn failure(ended: TaskEnd) -> Executed {
         TaskEnd::Trapped { trap, refused } => Executed::Failed(anyhow::Error::from(trap).context(
             match refused {
                 Some(Refusal::Budget) => "the handler trapped after the memory budget of all instances refused it more memory",
-                Some(Refusal::InstanceCap) => "the handler trapped after reaching its memory cap (--max-memory)",
+                Some(Refusal::InstanceCap) => "the handler trapped after reaching its memory cap (--max-memory, or its route's max_memory)",
                 None => "the handler trapped before setting a response",
             },
         )),

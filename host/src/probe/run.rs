@@ -287,6 +287,7 @@ impl Prober {
                 config: self.options.config.clone(),
                 keyvalue: self.options.keyvalue.clone(),
                 span: tracing::Span::current(),
+                max_memory: None,
             },
         );
         let result = tokio::time::timeout(limit, self.call(&mut store)).await;

@@ -381,7 +381,12 @@ impl Runtime {
             http: WasiHttpCtx::new(),
             hooks,
             table: ResourceTable::new(),
-            memory: GuestMemory::new(self.budget.clone(), self.limits.max_memory),
+            memory: GuestMemory::new(
+                self.budget.clone(),
+                setup.max_memory.map_or(self.limits.max_memory, |cap| {
+                    cap.min(self.limits.max_memory)
+                }),
+            ),
             deadline: setup.deadline,
             log_span,
             config: setup.config,

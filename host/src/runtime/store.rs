@@ -98,6 +98,9 @@ pub struct StoreSetup {
     pub keyvalue: Opened,
     /// The span the guest's output is logged in (its request or probe run).
     pub span: tracing::Span,
+    /// A linear memory cap below the engine's `max_memory`, if the
+    /// component has its own.
+    pub max_memory: Option<usize>,
 }
 
 impl HostState {

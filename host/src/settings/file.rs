@@ -66,6 +66,7 @@ pub struct HandlerSection {
     pub keyvalue: Option<Vec<String>>,
     pub listen: Option<SocketAddr>,
     pub max_concurrency: Option<u32>,
+    pub max_memory: Option<Size>,
     pub max_instance_reuse: Option<u32>,
     pub max_instance_concurrency: Option<u32>,
     pub instance_idle_timeout: Option<Dur>,

@@ -234,6 +234,23 @@ pub fn handler(
     })
 }
 
+/// A component's own cap on its instances' memory: at most the global
+/// `max_memory` (`global`), which sizes the engine's memory slots.
+fn own_memory_cap(
+    cap: Option<Size>,
+    global: u64,
+    table: &str,
+    source: &str,
+) -> anyhow::Result<Option<usize>> {
+    match cap {
+        Some(Size(bytes)) if bytes > global => bail!(
+            "{source}: {table} max_memory: {bytes} bytes is more than the global max_memory of {global} bytes, which sizes every instance's memory: raise the global one (max_memory at the top of the file, or --max-memory), or lower this one"
+        ),
+        Some(Size(bytes)) => Ok(Some(usize::try_from(bytes).unwrap_or(usize::MAX))),
+        None => Ok(None),
+    }
+}
+
 /// A component's default name: its file name without the extension.
 fn file_stem(path: &std::path::Path) -> String {
     path.file_stem().map_or_else(
@@ -340,6 +357,12 @@ fn serve_options(
         env: component_environment(shared.component_env, own.env.as_ref())?,
         config: component_config(shared.config_var, own.config.as_ref(), table)?,
         keyvalue: opened(shared.stores, own.keyvalue.as_ref(), table, source)?,
+        max_memory: own_memory_cap(
+            route.and_then(|r| r.max_memory).or(section.max_memory),
+            shared.max_memory,
+            table,
+            source,
+        )?,
     })
 }
 
@@ -375,14 +398,18 @@ pub struct Shared<'a> {
     pub component_env: Option<&'a [String]>,
     pub config_var: Option<&'a [String]>,
     pub stores: &'a Stores,
+    /// The global cap on an instance's memory, which a component's own may
+    /// only lower.
+    pub max_memory: u64,
 }
 
 impl<'a> Shared<'a> {
-    pub fn new(cli: &'a Cli, stores: &'a Stores) -> Self {
+    pub fn new(cli: &'a Cli, file: &ConfigFile, stores: &'a Stores) -> Self {
         Self {
             component_env: cli.component_env.as_deref(),
             config_var: cli.config_var.as_deref(),
             stores,
+            max_memory: global(cli, file).max_memory,
         }
     }
 }

@@ -28,7 +28,13 @@ fn serve(args: &[&str], toml: &str) -> HandlerSettings {
     };
     let file = file(toml);
     let stores = keyvalue_stores(&file, "pulse.toml", &Metrics::new()).unwrap();
-    handler(serve, Shared::new(&cli, &stores), &file, "pulse.toml").unwrap()
+    handler(
+        serve,
+        Shared::new(&cli, &file, &stores),
+        &file,
+        "pulse.toml",
+    )
+    .unwrap()
 }
 
 /// No shared flags and no keyvalue stores.
@@ -37,6 +43,7 @@ fn no_flags(stores: &Stores) -> Shared<'_> {
         component_env: None,
         config_var: None,
         stores,
+        max_memory: defaults::MAX_MEMORY,
     }
 }
 
@@ -52,7 +59,11 @@ fn schedule(args: &[&str], toml: &str) -> Vec<ProbeSettings> {
     };
     let file = file(toml);
     let stores = keyvalue_stores(&file, "pulse.toml", &Metrics::new()).unwrap();
-    let flags = ProbeFlags::new(Shared::new(&cli, &stores), &schedule.probe, &schedule.when);
+    let flags = ProbeFlags::new(
+        Shared::new(&cli, &file, &stores),
+        &schedule.probe,
+        &schedule.when,
+    );
     probes(flags, &file, "pulse.toml").unwrap()
 }
 
@@ -565,7 +576,7 @@ fn a_bad_config_var_is_refused_for_handler_and_probes() {
     let stores = Stores::default();
     let error = handler(
         &args.serve,
-        Shared::new(&cli, &stores),
+        Shared::new(&cli, &file, &stores),
         &file(""),
         "pulse.toml",
     )
@@ -574,7 +585,7 @@ fn a_bad_config_var_is_refused_for_handler_and_probes() {
         error.to_string().contains("--config-var \"bad\""),
         "{error}"
     );
-    let flags = ProbeFlags::new(Shared::new(&cli, &stores), &args.probe, &args.when);
+    let flags = ProbeFlags::new(Shared::new(&cli, &file, &stores), &args.probe, &args.when);
     let error = probes(flags, &file(""), "pulse.toml").unwrap_err();
     assert!(
         error.to_string().contains("--config-var \"bad\""),
@@ -592,7 +603,13 @@ fn serve_error(args: &[&str], toml: &str) -> String {
     };
     let file = file(toml);
     let stores = keyvalue_stores(&file, "pulse.toml", &Metrics::new()).unwrap();
-    let error = handler(serve, Shared::new(&cli, &stores), &file, "pulse.toml").unwrap_err();
+    let error = handler(
+        serve,
+        Shared::new(&cli, &file, &stores),
+        &file,
+        "pulse.toml",
+    )
+    .unwrap_err();
     format!("{error:#}")
 }
 

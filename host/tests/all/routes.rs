@@ -219,3 +219,47 @@ async fn swapping_one_route_under_load_loses_no_request_on_either() {
     }
     pulse.terminate().await;
 }
+
+#[tokio::test]
+async fn a_route_may_lower_the_memory_cap_for_its_component() {
+    let dir = scratch_dir("routes-memory");
+    let config = dir.join("pulse.toml");
+    let faulty = component("faulty");
+    std::fs::write(
+        &config,
+        format!(
+            "[handler]\ncomponent = \"{faulty}\"\n\n[[route]]\npath = \"/small/...\"\nname = \"small\"\ncomponent = \"{faulty}\"\nmax_memory = \"8Mi\"\n",
+            faulty = faulty.display()
+        ),
+    )
+    .unwrap();
+    let (mut pulse, addr) = serve_config(&config).await;
+    let (status, _, _) = http(addr, Method::GET, "/alloc?mb=16").await;
+    assert_eq!(status, StatusCode::OK, "16 MiB fit the global cap");
+    let (status, _, _) = http(addr, Method::GET, "/small/alloc?mb=16").await;
+    assert_eq!(
+        status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "not the route's 8 MiB"
+    );
+    let (status, _, _) = http(addr, Method::GET, "/small/alloc?mb=2").await;
+    assert_eq!(status, StatusCode::OK);
+    pulse.terminate().await;
+    // A route's cap above the global one is refused at start.
+    std::fs::write(
+        &config,
+        format!(
+            "max_memory = \"16Mi\"\n[[route]]\npath = \"/big/...\"\ncomponent = \"{}\"\nmax_memory = \"32Mi\"\n",
+            faulty.display()
+        ),
+    )
+    .unwrap();
+    let refused = run_pulse(&["--config", config.to_str().unwrap(), "serve"]).await;
+    assert_eq!(refused.status.code(), Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("[[route]] 1 (/big/...) max_memory")
+            && refused.stderr.contains("raise the global one"),
+        "{}",
+        refused.stderr
+    );
+}
