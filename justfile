@@ -36,11 +36,11 @@ lint: build-components
     cargo clippy --release --locked --target {{host_target}} -p pulse --all-targets -- -D warnings
     cargo test --release --locked --target {{host_target}} -p pulse --lib
 
-# Build the components (release, wasm32-wasip2) into target/components/; health and probe also into the ConfigMap overlay.
+# Build the components (release, wasm32-wasip2, the example counter too) into target/components/; health and probe also into the ConfigMap overlay.
 build-components: setup
-    cargo build --release --locked --target wasm32-wasip2 -p health -p health-p3 -p probe -p faulty -p faulty-p3
+    cargo build --release --locked --target wasm32-wasip2 -p health -p health-p3 -p probe -p faulty -p faulty-p3 -p counter
     mkdir -p {{components}} k8s/overlays/configmap/components
-    cp target/wasm32-wasip2/release/{health,probe,faulty}.wasm {{components}}/
+    cp target/wasm32-wasip2/release/{health,probe,faulty,counter}.wasm {{components}}/
     cp target/wasm32-wasip2/release/health_p3.wasm {{components}}/health-p3.wasm
     cp target/wasm32-wasip2/release/faulty_p3.wasm {{components}}/faulty-p3.wasm
     cp {{components}}/health.wasm {{components}}/probe.wasm k8s/overlays/configmap/components/

@@ -22,9 +22,14 @@
 //! - `/print` writes lines to stdout and stderr, one of them 100 KB long;
 //! - `/print-parts` writes one stderr line in six writes, each through a
 //!   stream handle of its own (as `get-stderr` per write gives);
+//! - `/alloc?mb=N` holds N MiB while it answers 200 (or traps at a cap);
+//! - `/headers` answers with the full path and every request header;
 //! - `/count` answers with how many requests this instance has been given,
 //!   this one included: 1 on a fresh instance, more on a reused one;
 //! - anything else answers 200 `{"status":"ok"}`.
+//!
+//! Under a prefix route (`x-pulse-route: /api/...`) it reads the path after
+//! the prefix, so `/api/sleep` is `/sleep`.
 //!
 //! As a probe, by target: a URL containing `trap` panics, `spin` loops
 //! forever, `sleep=N` (in the query) waits N ms first, `to=U` (in the

@@ -263,3 +263,48 @@ async fn a_route_may_lower_the_memory_cap_for_its_component() {
         refused.stderr
     );
 }
+
+#[tokio::test]
+async fn the_example_app_counts_and_greets_beside_the_health_handler() {
+    let dir = scratch_dir("routes-example");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/app/pulse.toml");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let config = dir.join("pulse.toml");
+    let local = |name: &str| component(name).display().to_string();
+    std::fs::write(
+        &config,
+        text.replace("target/components/health.wasm", &local("health"))
+            .replace("target/components/counter.wasm", &local("counter")),
+    )
+    .unwrap();
+    let (mut pulse, addr) = serve_config(&config).await;
+    let (status, _, _) = http(addr, Method::GET, "/healthcheck").await;
+    assert_eq!(status, StatusCode::OK);
+    for visits in 1..=3 {
+        let (status, _, body) = http(addr, Method::GET, "/api/count").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(String::from_utf8_lossy(&body), format!("{{\"visits\":{visits}}}"));
+    }
+    let (_, _, body) = http(addr, Method::GET, "/api/greet?name=pulse").await;
+    assert_eq!(&body[..], b"{\"message\":\"hello, pulse\"}");
+    let (status, _, _) = http(addr, Method::GET, "/api/nothing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the component's own 404");
+    pulse.terminate().await;
+
+    // --config-var wins over the file's value.
+    let mut pulse = Pulse::spawn(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--config-var",
+        "greeting=bonjour",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let addr = pulse.listening_addr().await;
+    let (_, _, body) = http(addr, Method::GET, "/api/greet?name=pulse").await;
+    assert_eq!(&body[..], b"{\"message\":\"bonjour, pulse\"}");
+    pulse.terminate().await;
+}
