@@ -90,7 +90,7 @@ test: setup-test build k8s-check image
     export PULSE_TEST_HEALTH_IMAGE=$(just component-image {{components}}/health.wasm)
     export PULSE_TEST_JS_IMAGE=$(just component-image {{components}}/health-js.wasm)
     cargo test --release --locked --target {{host_target}} -p pulse -- --test-threads 2
-    python3 ci/bench.py --smoke --pulse {{host_bin}} --health {{components}}/health.wasm --health-p3 {{components}}/health-p3.wasm
+    python3 ci/bench.py --smoke --pulse {{host_bin}} --health {{components}}/health.wasm --health-p3 {{components}}/health-p3.wasm --faulty {{components}}/faulty.wasm
 
 # Build the container image (FROM scratch: the static binary and the default components) with podman, or docker.
 image: build
@@ -168,7 +168,7 @@ bench rounds="5" duration="10": build
     fi
     [ -x "{{wasmtime_bin}}" ] || echo "note: no wasmtime CLI at {{wasmtime_bin}}; run 'just bench-wasmtime' (about 20 minutes) to compare with it" >&2
     python3 ci/bench.py --pulse {{host_bin}} --health {{components}}/health.wasm --health-p3 {{components}}/health-p3.wasm \
-        --native target/{{host_target}}/release/bench-native --wasmtime {{wasmtime_bin}} \
+        --health-js {{components}}/health-js.wasm --faulty {{components}}/faulty.wasm --native target/{{host_target}}/release/bench-native --wasmtime {{wasmtime_bin}} \
         --express bench/express --rounds {{rounds}} --duration {{duration}} --output docs/BENCHMARKS.md
 
 # Install wasmtime-cli 48.0.8 (the baseline of just bench) into the bench cache; about 20 minutes.

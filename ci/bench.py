@@ -11,6 +11,8 @@ instance mode both hosts offer:
   wasmtime, wasmtime-reuse, wasmtime-p3
                  wasmtime serve 48.0.8 in the same three modes (skipped, with
                  a note, when the binary is not available)
+  pulse-js       pulse serve, the 13 MB JavaScript handler (health-js), fresh
+                 instances (with --health-js; wasmtime-js beside it)
   native         bench-native, a plain hyper server (the floor of what is
                  possible)
   express        the original Node.js Express app (skipped when node is
@@ -22,13 +24,19 @@ requests/s and p50/p99 latency, the resident memory after the load, and the
 cold start (process start to the first 200, median of several starts) --
 for pulse both compiling at start and from its compilation cache.
 
+Feature costs, in the same rounds (with --faulty): the health handler
+behind two routes against one (`pulse-routes`), and the faulty fixture's
+`/kv/incr` on a memory store and on a Redis store (a redis-server the bench
+starts, pinned beside wrk) against its plain answer (`faulty-plain`).
+
 Usage: bench.py --pulse BIN --health WASM --health-p3 WASM --native BIN [--wasmtime BIN]
-                [--express DIR] [--rounds N] [--duration S] [--connections N]
+                [--health-js WASM] [--faulty WASM] [--express DIR] [--rounds N] [--duration S] [--connections N]
                 [--output FILE] [--smoke]
 --smoke runs pulse alone (each of its modes) for one short round and fails unless the report is
 produced with zero errors (just test runs it so the harness cannot rot).
 """
 import argparse
+import atexit
 import os
 import platform
 import re
@@ -60,8 +68,8 @@ def get_status(port):
 
 
 class Server:
-    def __init__(self, name, command, note, counterpart=None):
-        self.name, self.command, self.note = name, command, note
+    def __init__(self, name, command, note, counterpart=None, path="/healthcheck"):
+        self.name, self.command, self.note, self.path = name, command, note, path
         # The wasmtime serve server in the same mode, for pulse's servers.
         self.counterpart = counterpart
         self.process = None
@@ -105,10 +113,10 @@ def parse_ms(text):
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
-def wrk(port, duration, connections):
+def wrk(port, duration, connections, path="/healthcheck"):
     out = subprocess.run(
         ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-         f"http://127.0.0.1:{port}/healthcheck"],
+         f"http://127.0.0.1:{port}{path}"],
         check=True, capture_output=True, text=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = 0
@@ -180,6 +188,62 @@ def goals(med, rss):
     return "\n".join(out)
 
 
+def feature_servers(args, pulse_cmd, cache, notes):
+    """The servers whose differences are the cost of a feature: two routes
+    against one, and a keyvalue call per request (memory, Redis) against
+    none. Their configuration files go in a directory of their own
+    (Wasmtime trims what it does not know from the cache directory)."""
+    serve = [a for a in pulse_cmd if a not in ("--handler", args.health)] + ["--cache-dir", cache]
+    configs = tempfile.mkdtemp(prefix="pulse-bench-config-")
+    atexit.register(shutil.rmtree, configs, True)
+
+    def config(name, text):
+        path = os.path.join(configs, f"{name}.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return ["--config", path]
+
+    routes = config("routes", f'[[route]]\npath = "/healthcheck"\ncomponent = "{args.health}"\n\n'
+                              f'[[route]]\npath = "/api/..."\nname = "other"\ncomponent = "{args.health}"\n')
+    servers = [
+        Server("pulse-routes", [pulse_cmd[0], *routes, *serve[1:]],
+               "pulse serve, the same, behind two routes (/healthcheck, /api/...)"),
+        Server("faulty-plain", [*pulse_cmd[:-1], args.faulty, "--cache-dir", cache],
+               "pulse serve, faulty, GET / (no keyvalue call)", path="/"),
+    ]
+    memory = config("kv-memory", f'[keyvalue.default]\nbackend = "memory"\n\n[handler]\ncomponent = "{args.faulty}"\nkeyvalue = ["default"]\n')
+    servers.append(Server("faulty-kv-memory", [pulse_cmd[0], *memory, *serve[1:]],
+                          "pulse serve, faulty, GET /kv/incr: one increment, memory store", path="/kv/incr?key=bench"))
+    if shutil.which("redis-server"):
+        port = free_port()
+        process = subprocess.Popen(["taskset", "-c", LOAD_CPU, "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                    "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        redis = config("kv-redis", f'[keyvalue.default]\nbackend = "redis"\nurl = "redis://127.0.0.1:{port}"\n\n'
+                                   f'[handler]\ncomponent = "{args.faulty}"\nkeyvalue = ["default"]\n')
+        server = Server("faulty-kv-redis", [pulse_cmd[0], *redis, *serve[1:]],
+                        "pulse serve, faulty, GET /kv/incr: one increment, Redis store", path="/kv/incr?key=bench")
+        server.redis = process
+        servers.append(server)
+    else:
+        notes.append("faulty-kv-redis skipped: no redis-server")
+    return servers
+
+
+def feature_costs(med):
+    """What a second route and a keyvalue call cost, from the same rounds."""
+    rows = [("a second route", "pulse-routes", "pulse"),
+            ("an increment in a memory store", "faulty-kv-memory", "faulty-plain"),
+            ("an increment in a Redis store", "faulty-kv-redis", "faulty-plain")]
+    out = ["", "", "Feature costs, same rounds:", "",
+           "| feature | with | without | requests/s ratio | p99 ms with / without |", "|---|---|---|---|---|"]
+    for what, with_, without in rows:
+        if with_ in med and without in med:
+            a, b = med[with_], med[without]
+            out.append(f"| {what} | {a['rps']:,.0f} | {b['rps']:,.0f} | {ratio(a['rps'], b['rps'])} | "
+                       f"{a['p99']:.2f} / {b['p99']:.2f} |")
+    return "\n".join(out) if len(out) > 6 else ""
+
+
 NOTES_MARKER = "<!-- notes: kept by just bench -->"
 
 
@@ -206,6 +270,8 @@ def main():
     ap.add_argument("--health", required=True)
     ap.add_argument("--health-p3", required=True)
     ap.add_argument("--native")
+    ap.add_argument("--health-js")
+    ap.add_argument("--faulty")
     ap.add_argument("--wasmtime")
     ap.add_argument("--express")
     ap.add_argument("--rounds", type=int, default=5)
@@ -235,6 +301,14 @@ def main():
         Server("pulse-p3", pulse_p3_cmd, "pulse serve, WASI 0.3 (defaults: reuse 128, 16 at once)", "wasmtime-p3"),
     ]
     notes = []
+    redis = None
+    if args.health_js and os.path.exists(args.health_js):
+        servers.append(Server("pulse-js", pulse_cmd[:-1] + [args.health_js, "--cache-dir", cache],
+                              "pulse serve, the 13 MB JavaScript handler, fresh", "wasmtime-js"))
+    if args.faulty:
+        servers += feature_servers(args, pulse_cmd, cache, notes)
+        redis = next((s for s in servers if s.name == "faulty-kv-redis"), None)
+        redis = redis and redis.redis
     if not args.smoke:
         if args.wasmtime and os.access(args.wasmtime, os.X_OK):
             wasmtime = [args.wasmtime, "serve", "-Scli", "--addr", "127.0.0.1:{port}"]
@@ -245,6 +319,9 @@ def main():
                 Server("wasmtime-p3", wasmtime + [args.health_p3],
                        "wasmtime serve, WASI 0.3 (its defaults)"),
             ]
+            if any(s.name == "pulse-js" for s in servers):
+                servers.append(Server("wasmtime-js", wasmtime + [args.health_js],
+                                      "wasmtime serve, the 13 MB JavaScript handler, fresh"))
         else:
             notes.append(f"wasmtime serve skipped: no binary at {args.wasmtime!r} (see just bench-wasmtime)")
         if args.native:
@@ -271,13 +348,16 @@ def main():
         for r in range(args.rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for s in order:
-                results[s.name].append(wrk(s.port, args.duration, args.connections))
+                results[s.name].append(wrk(s.port, args.duration, args.connections, s.path))
                 print(f"round {r + 1}/{args.rounds} {s.name:9} {results[s.name][-1]}", file=sys.stderr)
         for s in servers:
             rss[s.name] = s.rss_mb()
     finally:
         for s in servers:
             s.stop()
+        if redis:
+            redis.terminate()
+            redis.wait()
         shutil.rmtree(cache, ignore_errors=True)
 
     med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99")} for name, runs in results.items()}
@@ -294,7 +374,7 @@ def main():
         lines.append(f"| {s.note} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {rss[s.name]:.1f} | "
                      f"{cold[s.name]:.1f} | {ratio(m['rps'], same_mode)} | {ratio(m['rps'], base_e)} | {ratio(m['rps'], base_n)} | {errors[s.name]} |")
     lines.append(f"| pulse serve, compiling at start (no cache) | | | | | {cold['pulse-uncached']:.1f} | | | | |")
-    table = "\n".join(lines) + "\n\n" + goals(med, rss)
+    table = "\n".join(lines) + "\n\n" + goals(med, rss) + feature_costs(med)
     header = (f"Machine: {machine()}. Servers pinned to CPU {SERVER_CPU}, wrk (1 thread, {args.connections} "
               f"connections, {args.duration} s per round) to CPU {LOAD_CPU}; {args.rounds} rounds, servers "
               f"alternating; medians. Cold start: process start to the first 200, median of {args.cold_starts}.")
@@ -303,7 +383,7 @@ def main():
     if args.output:
         write_document(args.output, report, " ".join(sys.argv))
     if args.smoke:
-        for name in ("pulse", "pulse-reuse", "pulse-p3"):
+        for name in results:
             assert results[name] and med[name]["rps"] > 0, f"{name}: no requests were answered"
             assert errors[name] == 0, f"{name}: {errors[name]} requests failed"
         print("bench smoke: ok (report produced for each pulse mode, zero errors)")
