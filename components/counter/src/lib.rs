@@ -31,7 +31,9 @@ wit_bindgen::generate!({
 });
 
 use exports::wasi::http::incoming_handler::Guest;
-use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+use wasi::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
 
 struct Counter;
 
@@ -79,7 +81,10 @@ fn count() -> (u16, String) {
         Ok(visits) => (200, format!("{{\"visits\":{visits}}}")),
         Err(error) => (
             503,
-            format!("{{\"error\":{}}}", json_string(&format!("keyvalue: {error:?}"))),
+            format!(
+                "{{\"error\":{}}}",
+                json_string(&format!("keyvalue: {error:?}"))
+            ),
         ),
     }
 }
@@ -92,7 +97,10 @@ fn greet(query: &str) -> (u16, String) {
     let name = query_value(query, "name").unwrap_or("world");
     (
         200,
-        format!("{{\"message\":{}}}", json_string(&format!("{greeting}, {name}"))),
+        format!(
+            "{{\"message\":{}}}",
+            json_string(&format!("{greeting}, {name}"))
+        ),
     )
 }
 
@@ -102,10 +110,17 @@ impl Guest for Counter {
         let (status, body) = match path.as_str() {
             "/count" => count(),
             "/greet" => greet(&query),
-            other => (404, format!("{{\"error\":\"not found\",\"path\":{}}}", json_string(other))),
+            other => (
+                404,
+                format!(
+                    "{{\"error\":\"not found\",\"path\":{}}}",
+                    json_string(other)
+                ),
+            ),
         };
-        let headers = Fields::from_list(&[("content-type".to_owned(), b"application/json".to_vec())])
-            .expect("a valid header");
+        let headers =
+            Fields::from_list(&[("content-type".to_owned(), b"application/json".to_vec())])
+                .expect("a valid header");
         let response = OutgoingResponse::new(headers);
         response.set_status_code(status).expect("a valid status");
         let outgoing = response.body().expect("the body, once");

@@ -20,7 +20,8 @@ use crate::schedule::run as scheduler;
 use crate::schedule::state::{ProbeState, StateDir};
 use crate::settings::cli::{Cli, Command, ProbeArgs, RunArgs, ScheduleArgs, ServeArgs, WhenArgs};
 use crate::settings::file::ConfigFile;
-use crate::settings::merge::{self, HandlerSettings, ProbeFlags, ProbeSettings};
+use crate::settings::handlers::{self, HandlerSettings};
+use crate::settings::merge::{self, ProbeFlags, ProbeSettings};
 use crate::settings::stores;
 
 mod start;
@@ -67,7 +68,7 @@ async fn serve_command(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ExitCode> {
     let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
-    let handler = merge::handler(
+    let handler = handlers::handler(
         args,
         merge::Shared::new(cli, &file, &stores),
         &file,
@@ -146,7 +147,7 @@ async fn run_command(
 ) -> anyhow::Result<ExitCode> {
     let stores = stores::keyvalue_stores(&file, &source, &metrics)?;
     let shared = merge::Shared::new(cli, &file, &stores);
-    let handler = merge::handler(&args.serve, shared, &file, &source)?;
+    let handler = handlers::handler(&args.serve, shared, &file, &source)?;
     let flags = ProbeFlags::new(shared, &args.probe, &args.when);
     let probes = Scheduled {
         settings: merge::probes(flags, &file, &source)?,

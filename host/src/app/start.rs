@@ -18,7 +18,8 @@ use crate::runtime::{GuestLimits, Role, Runtime, Wasi};
 use crate::settings::cli::Cli;
 use crate::settings::defaults;
 use crate::settings::file::ConfigFile;
-use crate::settings::merge::{self, HandlerSettings, ProbeSettings};
+use crate::settings::handlers::HandlerSettings;
+use crate::settings::merge::{self, ProbeSettings};
 
 /// What every command that loads components starts from.
 ///

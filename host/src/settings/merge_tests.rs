@@ -3,6 +3,7 @@
 use super::*;
 use crate::ops::metrics::Metrics;
 use crate::schedule::cron::ConcurrencyPolicy;
+use crate::settings::handlers::{handler, HandlerSettings};
 use crate::settings::stores::keyvalue_stores;
 use clap::Parser;
 use std::path::Path;
@@ -574,10 +575,11 @@ fn a_bad_config_var_is_refused_for_handler_and_probes() {
         panic!("not run")
     };
     let stores = Stores::default();
+    let empty = file("");
     let error = handler(
         &args.serve,
-        Shared::new(&cli, &file, &stores),
-        &file(""),
+        Shared::new(&cli, &empty, &stores),
+        &empty,
         "pulse.toml",
     )
     .unwrap_err();
@@ -585,8 +587,8 @@ fn a_bad_config_var_is_refused_for_handler_and_probes() {
         error.to_string().contains("--config-var \"bad\""),
         "{error}"
     );
-    let flags = ProbeFlags::new(Shared::new(&cli, &file, &stores), &args.probe, &args.when);
-    let error = probes(flags, &file(""), "pulse.toml").unwrap_err();
+    let flags = ProbeFlags::new(Shared::new(&cli, &empty, &stores), &args.probe, &args.when);
+    let error = probes(flags, &empty, "pulse.toml").unwrap_err();
     assert!(
         error.to_string().contains("--config-var \"bad\""),
         "{error}"

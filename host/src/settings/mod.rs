@@ -1,7 +1,8 @@
 //! Settings: the command line and its `PULSE_*` environment variables
 //! ([`cli`]), `pulse.toml` as written ([`file`]), every default
 //! ([`defaults`]), and the merge of the three into checked, typed settings
-//! ([`merge`]: flag, then file, then default), the keyvalue stores the
+//! ([`merge`]: flag, then file, then default; the port and its routes in
+//! [`handlers`]), the keyvalue stores the
 //! file defines ([`stores`]); sizes and durations parse alike from flags
 //! and TOML ([`units`]).
 //!
@@ -14,6 +15,7 @@
 pub mod cli;
 pub mod defaults;
 pub mod file;
+pub mod handlers;
 pub mod merge;
 pub mod stores;
 pub mod units;

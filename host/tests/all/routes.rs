@@ -283,7 +283,10 @@ async fn the_example_app_counts_and_greets_beside_the_health_handler() {
     for visits in 1..=3 {
         let (status, _, body) = http(addr, Method::GET, "/api/count").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(String::from_utf8_lossy(&body), format!("{{\"visits\":{visits}}}"));
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("{{\"visits\":{visits}}}")
+        );
     }
     let (_, _, body) = http(addr, Method::GET, "/api/greet?name=pulse").await;
     assert_eq!(&body[..], b"{\"message\":\"hello, pulse\"}");
