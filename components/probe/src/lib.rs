@@ -1,41 +1,55 @@
-//! The probe: a component of the `pulse:probe/probe` world.
+//! The probe: a component of the `pulse:probe/probe@0.2.0` world.
 //!
-//! `check(target, deadline)` sends one `GET` to `target` through
-//! `wasi:http/outgoing-handler`, reads the whole body, and reports the status
-//! code and latency. Every timeout it gives the host (connect, first byte,
-//! between bytes) is what is left of `deadline` at that moment, and it stops
-//! waiting itself when the deadline passes. A non-2xx status is a report, not
-//! an error; errors are only for requests that got no response.
+//! `check(request)` sends the request the host asks for (method, target,
+//! headers, body) through `wasi:http/outgoing-handler`, reads the whole
+//! response body, and reports the status, the headers, the body up to
+//! `max-body-bytes` (the rest is read and dropped) and the latency. Every
+//! timeout it gives the host (connect, first byte, between bytes) is what is
+//! left of the deadline at that moment, and it stops waiting itself when
+//! the deadline passes. A non-2xx status is a report, not an error; errors
+//! are only for requests that got no response. The host decides what
+//! healthy means.
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "pulse:probe/probe",
+    world: "pulse:probe/probe@0.2.0",
     generate_all,
 });
 
-use wasi::clocks::monotonic_clock::{self, Instant};
+use wasi::clocks::monotonic_clock::{self, Duration, Instant};
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    ErrorCode, Fields, IncomingResponse, Method, OutgoingRequest, RequestOptions, Scheme,
+    ErrorCode, Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions,
+    Scheme,
 };
 use wasi::io::streams::StreamError;
 
 /// Bytes asked for per read of the response body.
 const READ_CHUNK: u64 = 64 * 1024;
 
+/// The headers sent unless the request sets them.
+const DEFAULT_HEADERS: [(&str, &[u8]); 2] = [
+    ("user-agent", b"pulse-probe/0.2"),
+    ("accept", b"application/json, */*"),
+];
+
 struct Probe;
 
 impl Guest for Probe {
-    fn check(target: String, deadline: Duration) -> Result<Report, ProbeError> {
-        let target = Target::parse(&target)?;
+    fn check(request: ProbeRequest) -> Result<Report, ProbeError> {
+        let target = Target::parse(&request.target)?;
         let start = monotonic_clock::now();
         let clock = Deadline {
-            at: start.saturating_add(deadline),
+            at: start.saturating_add(request.deadline),
         };
-        let request = target.request()?;
+        let outgoing = target.request(&request)?;
+        let body = outgoing
+            .body()
+            .map_err(|()| ProbeError::Other("the request body was already taken".into()))?;
         let options = clock.request_options();
         let describe = |code| describe(code, &target.authority);
-        let pending = outgoing_handler::handle(request, Some(options)).map_err(describe)?;
+        let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(describe)?;
+        send_body(body, &request.body, &clock)?;
         clock.wait_for(&pending.subscribe(), "waiting for the response")?;
         let response = match pending.get() {
             Some(Ok(Ok(response))) => response,
@@ -45,12 +59,42 @@ impl Guest for Probe {
             }
         };
         let status = response.status();
-        drain_body(response, &clock)?;
+        let headers = response.headers().entries();
+        let (body, body_truncated) = read_body(response, request.max_body_bytes, &clock)?;
         Ok(Report {
             status,
+            headers,
+            body,
+            body_truncated,
             latency: monotonic_clock::now().saturating_sub(start),
         })
     }
+}
+
+/// Writes `bytes` as the whole request body, then finishes it.
+fn send_body(body: OutgoingBody, bytes: &[u8], clock: &Deadline) -> Result<(), ProbeError> {
+    let stream = body
+        .write()
+        .map_err(|()| ProbeError::Other("the request body stream was already taken".into()))?;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        clock.wait_for(&stream.subscribe(), "sending the request body")?;
+        let room = stream
+            .check_write()
+            .map_err(|e| ProbeError::ConnectionReset(format!("sending the request body: {e:?}")))?;
+        let take = rest.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        if take == 0 {
+            continue;
+        }
+        stream
+            .write(&rest[..take])
+            .map_err(|e| ProbeError::ConnectionReset(format!("sending the request body: {e:?}")))?;
+        rest = &rest[take..];
+    }
+    let _ = stream.flush();
+    drop(stream);
+    OutgoingBody::finish(body, None)
+        .map_err(|code| ProbeError::Other(format!("finishing the request body: {code:?}")))
 }
 
 /// The target URL split into what `wasi:http` asks for.
@@ -92,18 +136,24 @@ impl Target {
         })
     }
 
-    fn request(&self) -> Result<OutgoingRequest, ProbeError> {
-        let headers = Fields::from_list(&[
-            ("user-agent".into(), b"pulse-probe/0.1".to_vec()),
-            ("accept".into(), b"application/json, */*".to_vec()),
-        ])
-        .map_err(|e| ProbeError::Other(format!("building request headers: {e:?}")))?;
+    fn request(&self, asked: &ProbeRequest) -> Result<OutgoingRequest, ProbeError> {
+        let mut list: Vec<(String, Vec<u8>)> = asked.headers.clone();
+        for (name, value) in DEFAULT_HEADERS {
+            if !list
+                .iter()
+                .any(|(given, _)| given.eq_ignore_ascii_case(name))
+            {
+                list.push((name.to_owned(), value.to_vec()));
+            }
+        }
+        let headers = Fields::from_list(&list)
+            .map_err(|e| ProbeError::InvalidTarget(format!("the request headers: {e:?}")))?;
         let request = OutgoingRequest::new(headers);
         let invalid =
             |what: &str| ProbeError::InvalidTarget(format!("the host refused the {what}"));
         request
-            .set_method(&Method::Get)
-            .map_err(|()| invalid("method"))?;
+            .set_method(&method(&asked.method))
+            .map_err(|()| invalid(&format!("method {:?}", asked.method)))?;
         request
             .set_scheme(Some(&self.scheme))
             .map_err(|()| invalid("scheme"))?;
@@ -154,19 +204,33 @@ impl Deadline {
     }
 }
 
-/// Reads the response body to its end, within the deadline.
-fn drain_body(response: IncomingResponse, clock: &Deadline) -> Result<(), ProbeError> {
+/// Reads the response body to its end, within the deadline, keeping its
+/// first `keep` bytes; whether more came.
+fn read_body(
+    response: IncomingResponse,
+    keep: u64,
+    clock: &Deadline,
+) -> Result<(Vec<u8>, bool), ProbeError> {
     let body = response
         .consume()
         .map_err(|()| ProbeError::Other("the response body was already taken".into()))?;
     let stream = body
         .stream()
         .map_err(|()| ProbeError::Other("the response body stream was already taken".into()))?;
+    let keep = usize::try_from(keep).unwrap_or(usize::MAX);
+    let mut kept = Vec::new();
+    let mut truncated = false;
     loop {
         clock.wait_for(&stream.subscribe(), "reading the response body")?;
         match stream.read(READ_CHUNK) {
-            Ok(_) => continue,
-            Err(StreamError::Closed) => return Ok(()),
+            Ok(bytes) => {
+                let room = keep - kept.len();
+                if bytes.len() > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+            Err(StreamError::Closed) => return Ok((kept, truncated)),
             Err(StreamError::LastOperationFailed(error)) => {
                 return Err(ProbeError::Other(format!(
                     "reading the response body: {}",
@@ -174,6 +238,22 @@ fn drain_body(response: IncomingResponse, clock: &Deadline) -> Result<(), ProbeE
                 )))
             }
         }
+    }
+}
+
+/// The `wasi:http` method for `name`.
+fn method(name: &str) -> Method {
+    match name.to_ascii_uppercase().as_str() {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "DELETE" => Method::Delete,
+        "CONNECT" => Method::Connect,
+        "OPTIONS" => Method::Options,
+        "TRACE" => Method::Trace,
+        "PATCH" => Method::Patch,
+        _ => Method::Other(name.to_owned()),
     }
 }
 
@@ -211,6 +291,16 @@ fn describe(code: ErrorCode, authority: &str) -> ProbeError {
         }
         ErrorCode::HttpRequestUriInvalid => {
             ProbeError::InvalidTarget("the host rejected the target URL".into())
+        }
+        ErrorCode::TlsProtocolError
+        | ErrorCode::TlsCertificateError
+        | ErrorCode::TlsAlertReceived(_) => {
+            ProbeError::Tls(format!("TLS with {authority}: {code:?}"))
+        }
+        ErrorCode::InternalError(Some(message))
+            if message.to_ascii_lowercase().contains("tls") || message.contains("certificate") =>
+        {
+            ProbeError::Tls(format!("TLS with {authority}: {message}"))
         }
         _ => ProbeError::Other(detail),
     }

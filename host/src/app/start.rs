@@ -181,6 +181,13 @@ impl Start {
                     settings.options.clone(),
                     self.metrics.clone(),
                 );
+                prober.check_compatible().map_err(|e| {
+                    anyhow::anyhow!(
+                        "probe {:?} ({}): {e}",
+                        settings.name,
+                        settings.component_source
+                    )
+                })?;
                 Ok((prober, settings))
             })
             .collect()

@@ -93,6 +93,9 @@ pub struct ServeOptions {
     /// Its own cap on an instance's linear memory, below the global
     /// `max_memory`, if it has one.
     pub max_memory: Option<usize>,
+    /// The TLS client of the handler's outgoing `https` requests, if it
+    /// has settings of its own (`[handler.tls]`).
+    pub tls: Option<Arc<crate::runtime::tls::TlsClient>>,
 }
 
 /// A loaded handler component, ready to serve; it can be replaced while
@@ -134,6 +137,7 @@ impl Handler {
                 config: options.config.clone(),
                 keyvalue: options.keyvalue.clone(),
                 max_memory: options.max_memory,
+                tls: options.tls.clone(),
             },
             reuse: options.reuse,
             max_idle: options.max_concurrency,

@@ -55,6 +55,7 @@ fn options(max_concurrency: usize, request_timeout: Duration) -> ServeOptions {
         config: crate::runtime::GuestConfig::default(),
         keyvalue: crate::runtime::keyvalue::Opened::default(),
         max_memory: None,
+        tls: None,
     }
 }
 

@@ -164,6 +164,7 @@ pub struct StoreTemplate {
     pub config: GuestConfig,
     pub keyvalue: Opened,
     pub max_memory: Option<usize>,
+    pub tls: Option<Arc<crate::runtime::tls::TlsClient>>,
 }
 
 impl StoreTemplate {
@@ -178,6 +179,7 @@ impl StoreTemplate {
             keyvalue: self.keyvalue.clone(),
             span,
             max_memory: self.max_memory,
+            tls: self.tls.clone(),
         }
     }
 }

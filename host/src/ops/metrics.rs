@@ -160,6 +160,12 @@ impl prometheus_client::encoding::EncodeLabelValue for ComponentName {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    probe: String,
+    condition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabels {
     store: String,
 }
@@ -220,6 +226,8 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     keyvalue_errors: Family<StoreLabels, Counter>,
     keyvalue_available: Family<StoreLabels, Gauge>,
+    condition_failures: Family<ConditionLabels, Counter>,
+    cert_expiry: Family<ProbeLabels, FloatGauge>,
     in_flight: Gauge,
     connections_refused: Family<PortLabels, Counter>,
     guest_memory: Gauge,
@@ -321,6 +329,18 @@ impl Metrics {
             "1 while a Redis keyvalue store's server answered its last call, 0 after it failed to",
             keyvalue_available.clone(),
         );
+        let condition_failures = Family::<ConditionLabels, Counter>::default();
+        registry.register(
+            "pulse_probe_condition_failures",
+            "Probe runs that ended with a condition not holding, by probe and condition (its name, or its position from 1)",
+            condition_failures.clone(),
+        );
+        let cert_expiry = Family::<ProbeLabels, FloatGauge>::default();
+        registry.register(
+            "pulse_probe_tls_cert_expiry_timestamp_seconds",
+            "When the leaf certificate an https probe's target last showed expires (Unix time)",
+            cert_expiry.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register(
             "pulse_http_requests_in_flight",
@@ -377,7 +397,26 @@ impl Metrics {
             reloads,
             keyvalue_errors,
             keyvalue_available,
+            condition_failures,
+            cert_expiry,
         }
+    }
+
+    /// Counts one run of `probe` whose `condition` did not hold.
+    pub fn condition_failed(&self, probe: &str, condition: &str) {
+        let labels = ConditionLabels {
+            probe: probe.to_owned(),
+            condition: condition.to_owned(),
+        };
+        self.condition_failures.get_or_create(&labels).inc();
+    }
+
+    /// Records when the certificate `probe`'s target showed expires.
+    pub fn cert_expiry(&self, probe: &str, unix_time: f64) {
+        let labels = ProbeLabels {
+            probe: probe.to_owned(),
+        };
+        self.cert_expiry.get_or_create(&labels).set(unix_time);
     }
 
     /// The error counter and the availability gauge of the keyvalue store

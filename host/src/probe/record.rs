@@ -27,6 +27,9 @@ pub enum FailureKind {
     InvalidTarget,
     /// The component tried a destination it may not reach.
     Denied,
+    /// The TLS handshake failed (an untrusted or expired certificate, a
+    /// wrong name).
+    Tls,
     /// Anything else the component reports.
     Other,
     /// The component itself trapped or broke its contract.
@@ -51,6 +54,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::InvalidTarget => "invalid_target",
             FailureKind::Denied => "denied",
+            FailureKind::Tls => "tls",
             FailureKind::Other => "other",
             FailureKind::Component => "component",
         }
@@ -88,6 +92,22 @@ pub struct ProbeRecord {
     /// On error, its kind and message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ProbeFailure>,
+    /// The conditions that did not hold, as written; absent when all did
+    /// (or there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+    /// Why a failed condition could not be evaluated, by its expression
+    /// (a missing JSON field, say); absent when each was plainly false.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub condition_errors: std::collections::BTreeMap<String, String>,
+    /// For an `https` target reached through pulse's TLS client, the
+    /// seconds left on the server's leaf certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_seconds: Option<i64>,
+    /// Whether the body was longer than the probe's `max_body`, so that
+    /// conditions saw only its start.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub body_truncated: bool,
     /// How many attempts this run made (1 unless transient failures were
     /// retried).
     pub attempts: u32,

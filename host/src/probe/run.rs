@@ -19,28 +19,15 @@ use chrono_tz::Tz;
 use tracing::Instrument;
 
 use crate::ops::clock::rfc3339;
-use crate::ops::metrics::{Component, Metrics, Remembered};
+use crate::ops::metrics::{Metrics, Remembered};
 use crate::ops::shutdown::Shutdown;
+use crate::probe::conditions::{Answer, Conditions, Failed};
 use crate::probe::record::{FailureKind, Outcome, ProbeFailure, ProbeRecord, Target};
+use crate::probe::world::{self, ProbePre, Reported, Request};
 use crate::runtime::outbound::{AllowList, AllowRule};
 use crate::runtime::reload::{Reloadable, Swappable};
+use crate::runtime::tls::TlsClient;
 use crate::runtime::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
-
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../wit",
-        world: "pulse:probe/probe",
-        exports: { default: async },
-        with: {
-            "wasi:io": wasmtime_wasi::p2::bindings::io,
-            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
-            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
-        },
-    });
-}
-
-use bindings::pulse::probe::types::ProbeError;
-use bindings::ProbePre;
 
 /// Extra time the host waits past the deadline before it gives up on the
 /// guest, so a probe that honours its deadline reports its own timeout.
@@ -52,7 +39,7 @@ const GRACE: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct ProbeComponent {
     runtime: Arc<Runtime>,
-    swappable: Arc<Swappable<ProbePre<HostState>>>,
+    swappable: Arc<Swappable<ProbePre>>,
 }
 
 impl ProbeComponent {
@@ -63,7 +50,7 @@ impl ProbeComponent {
             runtime.clone(),
             path,
             Role::Probe,
-            prepare,
+            world::prepare,
         )?);
         Ok(Self { runtime, swappable })
     }
@@ -74,28 +61,26 @@ impl ProbeComponent {
     }
 
     /// The component, for reloading.
-    pub fn reloadable(&self) -> Arc<Swappable<ProbePre<HostState>>> {
+    pub fn reloadable(&self) -> Arc<Swappable<ProbePre>> {
         self.swappable.clone()
     }
-}
 
-/// Compiles and checks a probe: it must export `check` with the probe
-/// world's signature.
-fn prepare(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<ProbePre<HostState>, LoadError> {
-    let compiled = runtime.compile(path, Role::Probe, bytes)?;
-    ProbePre::new(compiled.pre).map_err(|e| LoadError::MissingExport {
-        role: Role::Probe.name(),
-        path: path.to_owned(),
-        missing: "check: func(target: string, deadline: duration) -> result<report, probe-error>",
-        found: format!("a `check` of another type ({e:#})"),
-        how: "build it for the pulse:probe/probe world in wit/probe.wit",
-    })
+    /// The version of the probe world the component in use was built for.
+    pub fn version(&self) -> &'static str {
+        self.swappable.current().version()
+    }
+
+    /// Whether the component in use reports headers and bodies
+    /// (`pulse:probe@0.2.0`).
+    pub fn reports_responses(&self) -> bool {
+        self.swappable.current().reports_responses()
+    }
 }
 
 /// Checks that `bytes` (read from `path`) is a usable probe, as `pulse
 /// check --role probe` does.
 pub fn check(runtime: &Runtime, path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
-    prepare(runtime, path, bytes).map(drop)
+    world::prepare(runtime, path, bytes).map(drop)
 }
 
 /// How each probe run behaves.
@@ -115,6 +100,17 @@ pub struct ProbeOptions {
     pub config: crate::runtime::GuestConfig,
     /// The `wasi:keyvalue` stores the probe may open.
     pub keyvalue: crate::runtime::keyvalue::Opened,
+    /// The request to send: its method, headers and body.
+    pub method: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// The most response body bytes the component reports.
+    pub max_body: u64,
+    /// What healthy means; none: any 2xx.
+    pub conditions: Conditions,
+    /// The TLS client of its `https` requests (the public roots, and any
+    /// of its own).
+    pub tls: Arc<TlsClient>,
 }
 
 /// A probe component aimed at one target, under a name for logs and
@@ -135,6 +131,13 @@ struct Attempt {
     status: Option<u16>,
     latency_ms: f64,
     error: Option<ProbeFailure>,
+    /// The conditions the answer did not meet.
+    failed: Vec<Failed>,
+    /// When the target's leaf certificate expires (Unix seconds), for
+    /// https.
+    cert_expiry: Option<i64>,
+    /// Whether the component cut the body at its bound.
+    truncated: bool,
 }
 
 impl Attempt {
@@ -144,12 +147,16 @@ impl Attempt {
             status: None,
             latency_ms: waited_ms,
             error: Some(ProbeFailure { kind, message }),
+            failed: Vec::new(),
+            cert_expiry: None,
+            truncated: false,
         }
     }
 
-    /// Worth another try: the target may come back in a moment.
-    fn is_transient(&self) -> bool {
-        self.error.as_ref().is_some_and(|e| e.kind.is_transient())
+    /// Worth another try: the target may come back in a moment, or meet
+    /// its conditions on a second look.
+    fn is_retried(&self) -> bool {
+        self.error.as_ref().is_some_and(|e| e.kind.is_transient()) || !self.failed.is_empty()
     }
 }
 
@@ -191,6 +198,43 @@ impl Prober {
     /// The URL this prober checks.
     pub fn target(&self) -> &str {
         self.target.as_str()
+    }
+
+    /// Whether its component can do what its settings ask: a
+    /// `pulse:probe@0.1.0` component sends a plain `GET` and reports a
+    /// status and a latency only, and only an https target has a
+    /// certificate. The error names the setting or condition.
+    pub fn check_compatible(&self) -> Result<(), String> {
+        let options = &self.options;
+        if !self.component.reports_responses() {
+            let version = self.component.version();
+            let rebuild =
+                "rebuild it for pulse:probe@0.2.0 (wit/probe.wit), as components/probe is";
+            if !options.method.eq_ignore_ascii_case("GET")
+                || !options.headers.is_empty()
+                || !options.body.is_empty()
+            {
+                return Err(format!(
+                    "its method, headers or body cannot be sent by its component, built for {version}, which sends a plain GET: {rebuild}"
+                ));
+            }
+            if let Some(condition) = options.conditions.needing_response() {
+                return Err(format!(
+                    "condition {:?} needs the response's headers or body, which its component, built for {version}, does not report: {rebuild}",
+                    condition.source
+                ));
+            }
+        }
+        if let Some(condition) = options.conditions.needing_certificate() {
+            if !self.target.as_str().starts_with("https:") {
+                return Err(format!(
+                    "condition {:?} needs cert_expiry_seconds, which only an https target has (the target is {})",
+                    condition.source,
+                    self.target.as_str()
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Publishes what the schedule state remembers of earlier runs.
@@ -236,7 +280,7 @@ impl Prober {
         let last = loop {
             let attempt = self.attempt().await;
             let stopping = self.shutdown.as_ref().is_some_and(Shutdown::is_requested);
-            if attempts > self.options.retries || !attempt.is_transient() || stopping {
+            if attempts > self.options.retries || !attempt.is_retried() || stopping {
                 break attempt;
             }
             if let Some(error) = &attempt.error {
@@ -247,12 +291,27 @@ impl Prober {
                     retry_in_ms = backoff.as_millis() as u64,
                     "probe attempt failed; retrying"
                 );
+            } else {
+                let failed: Vec<&str> = attempt.failed.iter().map(|f| f.source.as_str()).collect();
+                tracing::warn!(event = "probe_retry",
+                    attempt = attempts,
+                    kind = "conditions",
+                    failed = ?failed,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "probe conditions did not hold; retrying"
+                );
             }
             tokio::time::sleep(backoff).await;
             backoff = backoff.saturating_mul(2);
             attempts += 1;
         };
         let now = crate::ops::clock::now();
+        for failed in &last.failed {
+            self.metrics.condition_failed(&self.name, &failed.name);
+        }
+        if let Some(expiry) = last.cert_expiry {
+            self.metrics.cert_expiry(&self.name, expiry as f64);
+        }
         self.metrics.probe_run(
             &self.name,
             last.outcome,
@@ -269,6 +328,14 @@ impl Prober {
             status: last.status,
             latency_ms: (last.latency_ms * 1000.0).round() / 1000.0,
             error: last.error,
+            condition_errors: last
+                .failed
+                .iter()
+                .filter_map(|f| Some((f.source.clone(), f.error.clone()?)))
+                .collect(),
+            failed: last.failed.into_iter().map(|f| f.source).collect(),
+            cert_expiry_seconds: last.cert_expiry.map(|at| at - now.timestamp()),
+            body_truncated: last.truncated,
             attempts,
             scheduled_for: scheduled_for.as_ref().map(rfc3339),
         }
@@ -288,6 +355,7 @@ impl Prober {
                 keyvalue: self.options.keyvalue.clone(),
                 span: tracing::Span::current(),
                 max_memory: None,
+                tls: Some(self.options.tls.clone()),
             },
         );
         let result = tokio::time::timeout(limit, self.call(&mut store)).await;
@@ -309,21 +377,10 @@ impl Prober {
                 format!("the probe tried to reach {destination}, which is not allowed: it may reach its target and the destinations of its allow-list (--allow-outbound, PULSE_PROBE_ALLOW_OUTBOUND or allow_outbound in pulse.toml)"),
             );
         }
+        let cert_expiry = store.data().tls_leaf_expiry();
         match result {
-            Ok(Ok(Ok(report))) => Attempt {
-                outcome: if (200..300).contains(&report.status) {
-                    Outcome::Healthy
-                } else {
-                    Outcome::Unhealthy
-                },
-                status: Some(report.status),
-                latency_ms: report.latency as f64 / 1_000_000.0,
-                error: None,
-            },
-            Ok(Ok(Err(probe_error))) => {
-                let failure = failure(probe_error);
-                Attempt::failed(waited_ms, failure.kind, failure.message)
-            }
+            Ok(Ok(Ok(report))) => self.judge(&report, cert_expiry),
+            Ok(Ok(Err(failure))) => Attempt::failed(waited_ms, failure.kind, failure.message),
             Ok(Err(trap)) if is_deadline(&trap) => timed_out(),
             Ok(Err(trap)) => Attempt::failed(
                 waited_ms,
@@ -337,31 +394,58 @@ impl Prober {
         }
     }
 
+    /// What `report` comes to: healthy when every condition holds (with
+    /// none, when the status is 2xx), else unhealthy with the conditions
+    /// that did not.
+    fn judge(&self, report: &Reported, cert_expiry: Option<i64>) -> Attempt {
+        let latency_ms = report.latency.as_secs_f64() * 1000.0;
+        let conditions = &self.options.conditions;
+        let failed = if conditions.is_empty() {
+            Vec::new()
+        } else {
+            let answer = Answer {
+                status: report.status,
+                headers: &report.headers,
+                body: &report.body,
+                latency_ms,
+                cert_expiry_seconds: cert_expiry
+                    .map(|at| (at - crate::ops::clock::now().timestamp()) as f64),
+            };
+            conditions.failed(&answer)
+        };
+        let healthy = if conditions.is_empty() {
+            (200..300).contains(&report.status)
+        } else {
+            failed.is_empty()
+        };
+        Attempt {
+            outcome: if healthy {
+                Outcome::Healthy
+            } else {
+                Outcome::Unhealthy
+            },
+            status: Some(report.status),
+            latency_ms,
+            error: None,
+            failed,
+            cert_expiry,
+            truncated: report.truncated,
+        }
+    }
+
     async fn call(
         &self,
         store: &mut wasmtime::Store<HostState>,
-    ) -> wasmtime::Result<Result<bindings::pulse::probe::types::Report, ProbeError>> {
-        let started = Instant::now();
+    ) -> wasmtime::Result<Result<Reported, ProbeFailure>> {
         let pre = self.component.swappable.current();
-        let probe = pre.instantiate_async(&mut *store).await?;
-        self.metrics
-            .instantiation(Component::Probe, started.elapsed());
-        let deadline = u64::try_from(self.options.timeout.as_nanos()).unwrap_or(u64::MAX);
-        probe
-            .call_check(&mut *store, self.target.as_str(), deadline)
-            .await
+        let request = Request {
+            method: &self.options.method,
+            target: self.target.as_str(),
+            headers: &self.options.headers,
+            body: &self.options.body,
+            deadline: self.options.timeout,
+            max_body: self.options.max_body,
+        };
+        world::call(&pre, store, &request, &self.metrics).await
     }
-}
-
-fn failure(error: ProbeError) -> ProbeFailure {
-    let (kind, message) = match error {
-        ProbeError::Dns(m) => (FailureKind::Dns, m),
-        ProbeError::ConnectionRefused(m) => (FailureKind::ConnectionRefused, m),
-        ProbeError::ConnectionReset(m) => (FailureKind::ConnectionReset, m),
-        ProbeError::Denied(m) => (FailureKind::Denied, m),
-        ProbeError::Timeout(m) => (FailureKind::Timeout, m),
-        ProbeError::InvalidTarget(m) => (FailureKind::InvalidTarget, m),
-        ProbeError::Other(m) => (FailureKind::Other, m),
-    };
-    ProbeFailure { kind, message }
 }

@@ -370,7 +370,12 @@ impl Runtime {
     pub fn new_store(&self, engine: Wasi, setup: StoreSetup) -> Store<HostState> {
         let mut wasi = WasiCtx::builder();
         wasi.envs(&setup.env);
-        let hooks = HttpHooks::new(setup.outbound, setup.component.clone(), setup.span.clone());
+        let hooks = HttpHooks::new(
+            setup.outbound,
+            setup.component.clone(),
+            setup.tls,
+            setup.span.clone(),
+        );
         let log_span = SharedSpan::new(setup.component.clone(), setup.span);
         let wasi = wasi
             .stdout(GuestLog::new(Stream::Stdout, log_span.clone()))

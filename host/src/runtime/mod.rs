@@ -1,8 +1,8 @@
 //! The Wasmtime runtime: the engines (one per WASI version) and their
 //! linkers, loading and compiling a component for a role with precise
 //! errors, precompiled files, the per-store state, the memory cap and
-//! budget, guest output as log lines, the outbound HTTP policy, and hot
-//! reload of component files.
+//! budget, guest output as log lines, the outbound HTTP policy and TLS,
+//! and hot reload of component files.
 //!
 //! It may use [`crate::ops`] only. It knows components and stores, never
 //! an HTTP server, a probe run or a schedule: those layers sit above it.
@@ -17,6 +17,7 @@ pub mod outbound;
 pub mod precompiled;
 pub mod reload;
 pub mod store;
+pub mod tls;
 
 pub use component_scan::Wasi;
 pub use engine::{GuestLimits, Runtime};

@@ -6,7 +6,10 @@
 //! host can report it.
 
 use std::future::Future;
+use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
+
+use crate::runtime::tls::TlsClient;
 
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
@@ -142,6 +145,12 @@ fn normalize_host(host: &str) -> String {
 pub struct HttpHooks {
     allow: Arc<AllowList>,
     component: Arc<str>,
+    /// The TLS client of the component's `https` requests, when it has
+    /// settings of its own (else `wasmtime-wasi-http`'s, public roots).
+    tls: Option<Arc<TlsClient>>,
+    /// When the leaf certificate of the last `https` server reached
+    /// through `tls` expires, in Unix seconds; 0 before any.
+    pub leaf_expiry: Arc<AtomicI64>,
     /// The span the component runs in: its outgoing requests carry its
     /// trace context. A reused instance gets its request's span each time.
     pub span: tracing::Span,
@@ -152,10 +161,17 @@ pub struct HttpHooks {
 impl HttpHooks {
     /// Hooks letting `component`, running in `span`, reach what `allow`
     /// lists.
-    pub fn new(allow: Arc<AllowList>, component: Arc<str>, span: tracing::Span) -> Self {
+    pub fn new(
+        allow: Arc<AllowList>,
+        component: Arc<str>,
+        tls: Option<Arc<TlsClient>>,
+        span: tracing::Span,
+    ) -> Self {
         Self {
             allow,
             component,
+            tls,
+            leaf_expiry: Arc::default(),
             span,
             denied: None,
         }
@@ -198,6 +214,11 @@ impl WasiHttpHooks for HttpHooks {
         }
         let mut request = request;
         crate::ops::telemetry::inject(&self.span, request.headers_mut());
+        if let (true, Some(tls)) = (scheme == "https", &self.tls) {
+            let sent =
+                crate::runtime::tls::send(request, options, tls.clone(), self.leaf_expiry.clone());
+            return Box::new(sent);
+        }
         Box::new(async move {
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
@@ -205,6 +226,11 @@ impl WasiHttpHooks for HttpHooks {
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
         })
+    }
+
+    fn p2_error_from_tls(&mut self, err: &std::io::Error) -> ErrorCode {
+        tracing::debug!(component = &*self.component, error = %err, "outgoing TLS handshake failed");
+        ErrorCode::InternalError(Some(format!("TLS: {err}")))
     }
 
     fn p2_error_from_connect(&mut self, err: &std::io::Error) -> ErrorCode {

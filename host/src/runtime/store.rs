@@ -47,6 +47,16 @@ impl HostState {
         self.hooks.denied.as_deref()
     }
 
+    /// When the leaf certificate of the last `https` server the guest
+    /// reached through its own TLS settings expires, in Unix seconds.
+    pub fn tls_leaf_expiry(&self) -> Option<i64> {
+        let seconds = self
+            .hooks
+            .leaf_expiry
+            .load(std::sync::atomic::Ordering::SeqCst);
+        (seconds != 0).then_some(seconds)
+    }
+
     /// Drops the response outparam `rep` if the guest neither set it nor
     /// dropped it, which answers its request as unanswered at once instead
     /// of when the store goes; true if it had to.
@@ -101,6 +111,8 @@ pub struct StoreSetup {
     /// A linear memory cap below the engine's `max_memory`, if the
     /// component has its own.
     pub max_memory: Option<usize>,
+    /// The TLS client of its `https` requests, if it has settings of its own.
+    pub tls: Option<Arc<crate::runtime::tls::TlsClient>>,
 }
 
 impl HostState {

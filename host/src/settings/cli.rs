@@ -324,6 +324,19 @@ pub struct ProbeTuning {
         value_name = "DESTINATIONS"
     )]
     pub allow_outbound: Option<Vec<AllowRule>>,
+
+    /// What healthy means, as a CEL expression over status, headers, body,
+    /// body_text, latency_ms and cert_expiry_seconds, e.g. 'status == 200'
+    /// or 'body.status == "ok"'; repeat it for more, all of which must
+    /// hold. Replaces the conditions of the config file's probes.
+    /// [default: none: any 2xx is healthy]
+    #[arg(
+        long = "condition",
+        env = "PULSE_CONDITIONS",
+        value_delimiter = '\n',
+        value_name = "EXPR"
+    )]
+    pub conditions: Option<Vec<String>>,
 }
 
 /// Flags that say when to fire.

@@ -49,6 +49,10 @@ pub const SCHEDULE: &str = "0 8 * * *";
 /// The name of the single probe the command line describes.
 pub const PROBE_NAME: &str = "probe";
 
+/// The most response body bytes a probe component reports, for its
+/// conditions.
+pub const PROBE_MAX_BODY: u64 = 64 * 1024;
+
 /// The longest a `redis` keyvalue store's call or connection attempt may
 /// take.
 pub const KEYVALUE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -170,6 +174,7 @@ mod tests {
             "--allow-outbound",
             "--handler-allow-outbound",
             "--probe-allow-outbound",
+            "--condition",
         ];
         for flag in stated.keys() {
             assert!(

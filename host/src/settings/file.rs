@@ -77,6 +77,7 @@ pub struct HandlerSection {
     pub min_body_rate: Option<Size>,
     pub shutdown_grace: Option<Dur>,
     pub allow_outbound: Option<Vec<AllowRule>>,
+    pub tls: Option<TlsSection>,
 }
 
 /// One `[[probe]]`.
@@ -99,6 +100,45 @@ pub struct ProbeSection {
     pub starting_deadline_seconds: Option<u64>,
     pub suspend: Option<bool>,
     pub run_at_start: Option<bool>,
+    /// What healthy means: CEL expressions, each a string or
+    /// `{ name = "...", expr = "..." }`.
+    pub conditions: Option<Vec<ConditionEntry>>,
+    pub method: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub body: Option<String>,
+    pub max_body: Option<Size>,
+    pub tls: Option<TlsSection>,
+}
+
+/// One condition of a `[[probe]]`: the expression, or a name for it too
+/// (in the failure metric).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a CEL expression as a string, or { name = \"...\", expr = \"...\" }"
+)]
+pub enum ConditionEntry {
+    Expression(String),
+    Named(NamedCondition),
+}
+
+/// `{ name = "...", expr = "..." }`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedCondition {
+    pub name: String,
+    pub expr: String,
+}
+
+/// `[probe.tls]`, `[handler.tls]`, a route's `tls`: what its `https`
+/// requests trust and show.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl ConfigFile {

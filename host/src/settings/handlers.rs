@@ -28,6 +28,7 @@ use crate::settings::cli::ServeArgs;
 use crate::settings::defaults;
 use crate::settings::file::{ConfigFile, HandlerSection};
 use crate::settings::merge::{component_config, component_environment, opened, Shared};
+use crate::settings::requests;
 use crate::settings::units::{Dur, Size};
 
 /// Everything `serve` (and the serving half of `run`) needs: the port and
@@ -281,6 +282,7 @@ fn serve_options(
         env: component_environment(shared.component_env, own.env.as_ref())?,
         config: component_config(shared.config_var, own.config.as_ref(), table)?,
         keyvalue: opened(shared.stores, own.keyvalue.as_ref(), table, source)?,
+        tls: requests::tls_client(own.tls.as_ref(), table)?.map(Arc::new),
         max_memory: own_memory_cap(
             route.and_then(|r| r.max_memory).or(section.max_memory),
             shared.max_memory,

@@ -41,6 +41,7 @@ use crate::schedule::cron::{Expression, Policy, Schedule};
 use crate::settings::cli::{Cli, ProbeArgs, ProbeTuning, WhenArgs};
 use crate::settings::defaults;
 use crate::settings::file::{ConfigFile, ConfigValue, FromEnv, ProbeSection};
+use crate::settings::requests;
 use crate::settings::units::Dur;
 
 /// The settings every command shares.
@@ -281,6 +282,7 @@ fn probe(
     };
     let duration =
         |flag: Option<Dur>, key: Option<Dur>, default| flag.or(key).map_or(default, |d| d.0);
+    let request = requests::probe_request(tuning.conditions.as_deref(), section, where_)?;
     let options = ProbeOptions {
         timeout: duration(tuning.timeout, section.timeout, defaults::PROBE_TIMEOUT),
         retries: tuning
@@ -309,6 +311,12 @@ fn probe(
             &format!("[[probe]] {:?}", section.name),
             where_,
         )?,
+        method: request.method,
+        headers: request.headers,
+        body: request.body,
+        max_body: request.max_body,
+        conditions: request.conditions,
+        tls: request.tls,
     };
     let expression = when
         .schedule

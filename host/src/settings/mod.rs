@@ -17,5 +17,6 @@ pub mod defaults;
 pub mod file;
 pub mod handlers;
 pub mod merge;
+pub mod requests;
 pub mod stores;
 pub mod units;
