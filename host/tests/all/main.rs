@@ -7,6 +7,7 @@
 mod bad_input;
 mod cluster_dns;
 mod common;
+mod conditions;
 mod containers;
 mod cronjob;
 mod durable;
