@@ -282,6 +282,7 @@ def check_config(pod_spec, container, where, objects):
         check(probe.get("target") == "http://api:3000/healthcheck", f"{pw}: must target http://api:3000/healthcheck")
         check(probe.get("schedule") == "0 8 * * *", f"{pw}: must fire at 0 8 * * *")
         check(bool(probe.get("time_zone")), f"{pw}: must set its time zone explicitly")
+        check("status == 200" in probe.get("conditions", []), f"{pw}: must say what healthy means, at least `status == 200` in its conditions")
 
 
 def check_probe_deployment(objects, where, delivery):
@@ -364,7 +365,7 @@ def check_redis(objects, where):
 
 # Every alert the monitoring overlays must ship, by layout.
 ALERTS = {"PulseProbeFailed", "PulseProbeNoRecentSuccess", "PulseSchedulerStalled",
-          "PulseComponentReloadRejected", "PulseApiErrorRatio"}
+          "PulseComponentReloadRejected", "PulseApiErrorRatio", "PulseProbeCertExpiresSoon"}
 CRONJOB_ALERTS = ALERTS | {"PulseProbeCronJobNoRecentSuccess"}
 
 

@@ -407,14 +407,15 @@ async fn explicit_flags_override_the_config_file() {
 
 #[tokio::test]
 async fn the_shipped_probe_config_is_valid() {
-    // k8s/base/pulse.toml, with its paths pointed at this build.
+    // k8s/base/pulse.toml, with its paths pointed at this build, against
+    // the real health handler: healthy by its conditions.
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../k8s/base/pulse.toml");
     let text = std::fs::read_to_string(&shipped).unwrap();
     let probe = component("probe");
     let text = text.replace("/components/component.wasm", probe.to_str().unwrap());
     let config = write_config("shipped", &text);
-    let target = Target::start(StatusCode::OK).await;
-    let url = target.url();
+    let (_api, addr) = common::serve_with(&component("health"), &[]).await;
+    let url = format!("http://{addr}/healthcheck");
     let finished = run_pulse(&[
         "probe",
         "--config",
@@ -426,6 +427,26 @@ async fn the_shipped_probe_config_is_valid() {
     assert!(finished.status.success(), "{}", finished.stderr);
     let line: Value = serde_json::from_str(finished.stdout.trim()).unwrap();
     assert_eq!(line["probe"], "api");
+    assert_eq!(line["outcome"], "healthy");
+    // A 200 whose body does not say ok fails the shipped conditions, and
+    // `pulse probe` (the CronJob's Job) exits 1.
+    let target = Target::start(StatusCode::OK).await;
+    let finished = run_pulse(&[
+        "probe",
+        "--config",
+        config.to_str().unwrap(),
+        "--target",
+        &target.url(),
+        "--retries",
+        "0",
+    ])
+    .await;
+    assert_eq!(finished.status.code(), Some(1), "{}", finished.stdout);
+    let line: Value = serde_json::from_str(finished.stdout.trim()).unwrap();
+    assert_eq!(
+        line["failed"],
+        serde_json::json!([r#"body.status == "ok""#])
+    );
 }
 
 #[tokio::test]

@@ -183,6 +183,7 @@ async fn prometheus_fires_probe_failed_for_a_real_failing_probe() {
         [
             "PulseApiErrorRatio",
             "PulseComponentReloadRejected",
+            "PulseProbeCertExpiresSoon",
             "PulseProbeFailed",
             "PulseProbeNoRecentSuccess",
             "PulseSchedulerStalled"
