@@ -618,3 +618,53 @@ async fn a_bad_ca_file_is_refused_at_start_naming_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_handler_s_outgoing_https_requests_take_handler_tls() {
+    let dir = scratch_dir("conditions-handler-tls");
+    let certificates = make_certificates(&dir);
+    let addr = https_target(&certificates, false).await;
+    let url = format!("https://{addr}/ok");
+    let serve = |tls: &str| {
+        let config = dir.join("pulse.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[handler]\ncomponent = \"{}\"\nallow_outbound = [\"https://{addr}\"]\n{tls}",
+                component("faulty").display()
+            ),
+        )
+        .unwrap();
+        async move {
+            let mut pulse = Pulse::spawn(&[
+                "--config",
+                config.to_str().unwrap(),
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ]);
+            let listening = pulse.listening_addr().await;
+            (pulse, listening)
+        }
+    };
+    // faulty's /fetch answers 200 with the status it got, 502 with the error.
+    let (mut pulse, listening) = serve("").await;
+    let (status, _, body) = http(listening, Method::GET, &format!("/fetch?url={url}")).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_GATEWAY,
+        "public roots only: {body:?}"
+    );
+    pulse.terminate().await;
+    let tls = format!(
+        "[handler.tls]\nca_file = \"{}\"\nserver_name = \"api.default.svc\"\n",
+        certificates.ca.display()
+    );
+    let (mut pulse, listening) = serve(&tls).await;
+    let (status, _, body) = http(listening, Method::GET, &format!("/fetch?url={url}")).await;
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(String::from_utf8_lossy(&body).trim(), "200");
+    pulse.terminate().await;
+}
