@@ -13,4 +13,4 @@ pub mod run;
 pub mod world;
 
 pub use record::{Outcome, ProbeRecord, Target};
-pub use run::{check, ProbeComponent, ProbeOptions, Prober};
+pub use run::{check, ProbeComponent, ProbeOptions, ProbeRequest, Prober};

@@ -100,7 +100,14 @@ pub struct ProbeOptions {
     pub config: crate::runtime::GuestConfig,
     /// The `wasi:keyvalue` stores the probe may open.
     pub keyvalue: crate::runtime::keyvalue::Opened,
-    /// The request to send: its method, headers and body.
+    /// What it sends, and what healthy means.
+    pub request: ProbeRequest,
+}
+
+/// What a probe sends and how its answer is judged.
+#[derive(Clone, Debug)]
+pub struct ProbeRequest {
+    /// The request: its method, headers and body.
     pub method: String,
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
@@ -205,7 +212,7 @@ impl Prober {
     /// status and a latency only, and only an https target has a
     /// certificate. The error names the setting or condition.
     pub fn check_compatible(&self) -> Result<(), String> {
-        let options = &self.options;
+        let options = &self.options.request;
         if !self.component.reports_responses() {
             let version = self.component.version();
             let rebuild =
@@ -355,7 +362,7 @@ impl Prober {
                 keyvalue: self.options.keyvalue.clone(),
                 span: tracing::Span::current(),
                 max_memory: None,
-                tls: Some(self.options.tls.clone()),
+                tls: Some(self.options.request.tls.clone()),
             },
         );
         let result = tokio::time::timeout(limit, self.call(&mut store)).await;
@@ -399,7 +406,7 @@ impl Prober {
     /// that did not.
     fn judge(&self, report: &Reported, cert_expiry: Option<i64>) -> Attempt {
         let latency_ms = report.latency.as_secs_f64() * 1000.0;
-        let conditions = &self.options.conditions;
+        let conditions = &self.options.request.conditions;
         let failed = if conditions.is_empty() {
             Vec::new()
         } else {
@@ -438,13 +445,14 @@ impl Prober {
         store: &mut wasmtime::Store<HostState>,
     ) -> wasmtime::Result<Result<Reported, ProbeFailure>> {
         let pre = self.component.swappable.current();
+        let asked = &self.options.request;
         let request = Request {
-            method: &self.options.method,
+            method: &asked.method,
             target: self.target.as_str(),
-            headers: &self.options.headers,
-            body: &self.options.body,
+            headers: &asked.headers,
+            body: &asked.body,
             deadline: self.options.timeout,
-            max_body: self.options.max_body,
+            max_body: asked.max_body,
         };
         world::call(&pre, store, &request, &self.metrics).await
     }

@@ -311,12 +311,7 @@ fn probe(
             &format!("[[probe]] {:?}", section.name),
             where_,
         )?,
-        method: request.method,
-        headers: request.headers,
-        body: request.body,
-        max_body: request.max_body,
-        conditions: request.conditions,
-        tls: request.tls,
+        request,
     };
     let expression = when
         .schedule

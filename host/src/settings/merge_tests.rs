@@ -19,8 +19,9 @@ fn file(text: &str) -> ConfigFile {
     ConfigFile::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"))
 }
 
-/// The handler settings of `serve ARGS` with `toml` as the config file.
-fn serve(args: &[&str], toml: &str) -> HandlerSettings {
+/// The handler settings of `serve ARGS` with `toml` as the config file,
+/// or the error.
+fn try_serve(args: &[&str], toml: &str) -> anyhow::Result<HandlerSettings> {
     let mut all = vec!["serve"];
     all.extend_from_slice(args);
     let cli = cli(&all);
@@ -35,7 +36,11 @@ fn serve(args: &[&str], toml: &str) -> HandlerSettings {
         &file,
         "pulse.toml",
     )
-    .unwrap()
+}
+
+/// The handler settings of `serve ARGS` with `toml` as the config file.
+fn serve(args: &[&str], toml: &str) -> HandlerSettings {
+    try_serve(args, toml).unwrap()
 }
 
 /// No shared flags and no keyvalue stores.
@@ -597,22 +602,7 @@ fn a_bad_config_var_is_refused_for_handler_and_probes() {
 
 /// The error of `serve ARGS` with `toml` as the config file.
 fn serve_error(args: &[&str], toml: &str) -> String {
-    let mut all = vec!["serve"];
-    all.extend_from_slice(args);
-    let cli = cli(&all);
-    let Command::Serve(serve) = &cli.command else {
-        panic!("not serve")
-    };
-    let file = file(toml);
-    let stores = keyvalue_stores(&file, "pulse.toml", &Metrics::new()).unwrap();
-    let error = handler(
-        serve,
-        Shared::new(&cli, &file, &stores),
-        &file,
-        "pulse.toml",
-    )
-    .unwrap_err();
-    format!("{error:#}")
+    format!("{:#}", try_serve(args, toml).unwrap_err())
 }
 
 #[test]

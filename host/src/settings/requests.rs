@@ -9,19 +9,10 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail};
 
 use crate::probe::conditions::Conditions;
+use crate::probe::ProbeRequest;
 use crate::runtime::tls::{TlsClient, TlsSettings};
 use crate::settings::defaults;
 use crate::settings::file::{ConditionEntry, ProbeSection, TlsSection};
-
-/// A probe's request and what healthy means for it.
-pub struct ProbeRequest {
-    pub method: String,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
-    pub max_body: u64,
-    pub conditions: Conditions,
-    pub tls: Arc<TlsClient>,
-}
 
 /// The request of the probe `section` (named `where_` in errors), its
 /// conditions those of `--condition` if given, else the section's.

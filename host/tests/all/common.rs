@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +106,24 @@ pub async fn serve_with(handler: &Path, extra: &[&str]) -> (Pulse, SocketAddr) {
         handler.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
+    let mut pulse = Pulse::spawn(&args);
+    let addr = pulse.listening_addr().await;
+    (pulse, addr)
+}
+
+/// Starts `pulse --config CONFIG serve` on `127.0.0.1:0` with its admin
+/// port on `127.0.0.1:0` too, and `extra` flags (given before `serve`);
+/// returns it once it listens, with its address.
+pub async fn serve_config(config: &Path, extra: &[&str]) -> (Pulse, SocketAddr) {
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
     let mut pulse = Pulse::spawn(&args);
     let addr = pulse.listening_addr().await;
     (pulse, addr)
@@ -515,6 +533,43 @@ pub fn peak_rss(pid: u32) -> u64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM in /proc status");
     kb * 1024
+}
+
+/// Keeps a keep-alive connection busy on `path` until `stop`; counts
+/// answers and failures.
+pub fn keep_busy(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        while !stop.load(Ordering::SeqCst) {
+            let request = hyper::Request::get(path)
+                .header("host", addr.to_string())
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let answered = async {
+                let response = sender.send_request(request).await.ok()?;
+                let status = response.status();
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .ok()?;
+                (status == StatusCode::OK).then_some(())
+            };
+            match answered.await {
+                Some(()) => ok.fetch_add(1, Ordering::SeqCst),
+                None => failed.fetch_add(1, Ordering::SeqCst),
+            };
+        }
+    })
 }
 
 /// A local HTTP server standing in for a probe target: answers every

@@ -108,27 +108,32 @@ async fn probe(args: &[&str]) -> (Option<Value>, common::Finished) {
     (line, finished)
 }
 
+/// `pulse probe` of `path` on `addr` with `conditions`: its line and its
+/// exit code.
+async fn probe_path(addr: SocketAddr, path: &str, conditions: &[&str]) -> (Value, Option<i32>) {
+    let target = format!("http://{addr}{path}");
+    let mut args = vec!["--target", target.as_str()];
+    for condition in conditions {
+        args.extend(["--condition", condition]);
+    }
+    let (line, finished) = probe(&args).await;
+    let line = line.unwrap_or_else(|| panic!("no probe line: {}", finished.stderr));
+    (line, finished.status.code())
+}
+
 #[tokio::test]
 async fn conditions_decide_health_on_status_json_body_and_latency() {
     let addr = http_target().await;
-    let url = |path: &str| format!("http://{addr}{path}");
-    let ok = [
-        "--condition",
-        "status == 200",
-        "--condition",
-        r#"body.status == "ok""#,
-    ];
+    let ok = ["status == 200", r#"body.status == "ok""#];
 
-    let (line, finished) = probe(&[&["--target", &url("/ok")][..], &ok].concat()).await;
-    let line = line.unwrap();
-    assert_eq!(finished.status.code(), Some(0), "{line}");
+    let (line, code) = probe_path(addr, "/ok", &ok).await;
+    assert_eq!(code, Some(0), "{line}");
     assert_eq!(line["outcome"], "healthy");
     assert!(line.get("failed").is_none(), "{line}");
 
     // A 200 that says it is down is not healthy, and the line says why.
-    let (line, finished) = probe(&[&["--target", &url("/down")][..], &ok].concat()).await;
-    let line = line.unwrap();
-    assert_eq!(finished.status.code(), Some(1), "{line}");
+    let (line, code) = probe_path(addr, "/down", &ok).await;
+    assert_eq!(code, Some(1), "{line}");
     assert_eq!(line["outcome"], "unhealthy");
     assert_eq!(line["status"], 200);
     assert_eq!(
@@ -136,43 +141,27 @@ async fn conditions_decide_health_on_status_json_body_and_latency() {
         serde_json::json!([r#"body.status == "ok""#])
     );
     // Without conditions the rule is any 2xx, as before.
-    let (line, finished) = probe(&["--target", &url("/down")]).await;
-    assert_eq!(finished.status.code(), Some(0), "{line:?}");
+    let (line, code) = probe_path(addr, "/down", &[]).await;
+    assert_eq!(code, Some(0), "{line}");
 
     // An answer after 300 ms fails a 100 ms latency condition.
-    let (line, _) = probe(&[
-        "--target",
-        &url("/slow"),
-        "--condition",
-        "latency_ms < 100.0",
-    ])
-    .await;
-    let line = line.unwrap();
+    let (line, _) = probe_path(addr, "/slow", &["latency_ms < 100.0"]).await;
     assert_eq!(line["outcome"], "unhealthy", "{line}");
     assert!(line["latency_ms"].as_f64().unwrap() >= 300.0, "{line}");
 
     // A 301 is reported as it is (not followed), and may be what is wanted.
-    let (line, finished) =
-        probe(&["--target", &url("/moved"), "--condition", "status == 301"]).await;
-    assert_eq!(finished.status.code(), Some(0), "{line:?}");
+    let (line, code) = probe_path(addr, "/moved", &["status == 301"]).await;
+    assert_eq!(code, Some(0), "{line}");
 
     // A field the body lacks fails its condition with the reason; nothing
     // crashes or hangs.
-    let (line, finished) = probe(&["--target", &url("/ok"), "--condition", "body.nope == 1"]).await;
-    let line = line.unwrap();
-    assert_eq!(finished.status.code(), Some(1), "{line}");
+    let (line, code) = probe_path(addr, "/ok", &["body.nope == 1"]).await;
+    assert_eq!(code, Some(1), "{line}");
     let reason = line["condition_errors"]["body.nope == 1"].as_str().unwrap();
     assert!(reason.contains("nope"), "{reason}");
 
     // A body longer than max_body is cut, and the line says so.
-    let (line, _) = probe(&[
-        "--target",
-        &url("/big"),
-        "--condition",
-        "size(body_text) == 65536",
-    ])
-    .await;
-    let line = line.unwrap();
+    let (line, _) = probe_path(addr, "/big", &["size(body_text) == 65536"]).await;
     assert_eq!(line["outcome"], "healthy", "{line}");
     assert_eq!(line["body_truncated"], true);
 }
@@ -635,19 +624,7 @@ async fn the_handler_s_outgoing_https_requests_take_handler_tls() {
             ),
         )
         .unwrap();
-        async move {
-            let mut pulse = Pulse::spawn(&[
-                "--config",
-                config.to_str().unwrap(),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ]);
-            let listening = pulse.listening_addr().await;
-            (pulse, listening)
-        }
+        async move { common::serve_config(&config, &[]).await }
     };
     // faulty's /fetch answers 200 with the status it got, 502 with the error.
     let (mut pulse, listening) = serve("").await;

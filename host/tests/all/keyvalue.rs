@@ -94,17 +94,7 @@ keyvalue = ["other"]
 }
 
 async fn serve(config: &Path) -> (Pulse, SocketAddr) {
-    let mut pulse = Pulse::spawn(&[
-        "--config",
-        config.to_str().unwrap(),
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let addr = pulse.listening_addr().await;
-    (pulse, addr)
+    common::serve_config(config, &[]).await
 }
 
 async fn incr(addr: SocketAddr, query: &str) -> (StatusCode, String) {

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::{component, http, run_pulse, scratch_dir, Pulse, Target};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
@@ -68,33 +67,13 @@ fn load(
     let failed = Arc::new(AtomicUsize::new(0));
     let tasks = (0..connections)
         .map(|_| {
-            let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
-            tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-                let (mut sender, connection) =
-                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                        .await
-                        .unwrap();
-                tokio::spawn(connection);
-                while !stop.load(Ordering::SeqCst) {
-                    let request = hyper::Request::get("/healthcheck")
-                        .header("host", addr.to_string())
-                        .body(http_body_util::Empty::<Bytes>::new())
-                        .unwrap();
-                    let answered = async {
-                        let response = sender.send_request(request).await.ok()?;
-                        let status = response.status();
-                        http_body_util::BodyExt::collect(response.into_body())
-                            .await
-                            .ok()?;
-                        (status == StatusCode::OK).then_some(())
-                    };
-                    match answered.await {
-                        Some(()) => ok.fetch_add(1, Ordering::SeqCst),
-                        None => failed.fetch_add(1, Ordering::SeqCst),
-                    };
-                }
-            })
+            common::keep_busy(
+                addr,
+                "/healthcheck",
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+            )
         })
         .collect();
     (ok, failed, tasks)

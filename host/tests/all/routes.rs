@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use common::{component, http, run_pulse, scratch_dir, Pulse};
 use hyper::{Method, StatusCode};
 
@@ -39,17 +38,7 @@ component = "{faulty}"
 }
 
 async fn serve_config(config: &Path) -> (Pulse, std::net::SocketAddr) {
-    let mut pulse = Pulse::spawn(&[
-        "--config",
-        config.to_str().unwrap(),
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let addr = pulse.listening_addr().await;
-    (pulse, addr)
+    common::serve_config(config, &[]).await
 }
 
 #[tokio::test]
@@ -127,43 +116,6 @@ async fn each_route_answers_with_its_component_and_the_longest_wins() {
     assert!(refused.stderr.contains("[[route]] 2"), "{}", refused.stderr);
 }
 
-/// Keeps a keep-alive connection busy on `path` until `stop`; counts
-/// answers and failures.
-fn load(
-    addr: std::net::SocketAddr,
-    path: &'static str,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failed: Arc<AtomicUsize>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        while !stop.load(Ordering::SeqCst) {
-            let request = hyper::Request::get(path)
-                .header("host", addr.to_string())
-                .body(http_body_util::Empty::<Bytes>::new())
-                .unwrap();
-            let answered = async {
-                let response = sender.send_request(request).await.ok()?;
-                let status = response.status();
-                http_body_util::BodyExt::collect(response.into_body())
-                    .await
-                    .ok()?;
-                (status == StatusCode::OK).then_some(())
-            };
-            match answered.await {
-                Some(()) => ok.fetch_add(1, Ordering::SeqCst),
-                None => failed.fetch_add(1, Ordering::SeqCst),
-            };
-        }
-    })
-}
-
 #[tokio::test]
 async fn swapping_one_route_under_load_loses_no_request_on_either() {
     let dir = scratch_dir("routes-swap");
@@ -180,7 +132,13 @@ async fn swapping_one_route_under_load_loses_no_request_on_either() {
     let mut tasks = Vec::new();
     for ((ok, failed), path) in counters.iter().zip(["/healthcheck", "/api/count"]) {
         for _ in 0..2 {
-            tasks.push(load(addr, path, stop.clone(), ok.clone(), failed.clone()));
+            tasks.push(common::keep_busy(
+                addr,
+                path,
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+            ));
         }
     }
     let swap_to = |source: &Path| {
@@ -295,18 +253,8 @@ async fn the_example_app_counts_and_greets_beside_the_health_handler() {
     pulse.terminate().await;
 
     // --config-var wins over the file's value.
-    let mut pulse = Pulse::spawn(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--config-var",
-        "greeting=bonjour",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    let addr = pulse.listening_addr().await;
+    let (mut pulse, addr) =
+        common::serve_config(&config, &["--config-var", "greeting=bonjour"]).await;
     let (_, _, body) = http(addr, Method::GET, "/api/greet?name=pulse").await;
     assert_eq!(&body[..], b"{\"message\":\"bonjour, pulse\"}");
     pulse.terminate().await;
