@@ -41,7 +41,7 @@ use crate::runtime::load::{
 use crate::runtime::memory::{GuestMemory, MemoryBudget};
 use crate::runtime::outbound::HttpHooks;
 use crate::runtime::precompiled;
-use crate::runtime::store::{DeadlineExceeded, HostState, StoreSetup};
+use crate::runtime::store::{DeadlineExceeded, HostState, LiveStores, StoreSetup};
 
 /// How often the epoch advances, and so how often a running guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -133,6 +133,8 @@ pub struct Runtime {
     p3: Flavor,
     limits: GuestLimits,
     budget: Arc<MemoryBudget>,
+    /// The stores alive now: the epoch ticker rests while there are none.
+    stores: Arc<LiveStores>,
 }
 
 impl Runtime {
@@ -190,7 +192,8 @@ impl Runtime {
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
         let p3 = Flavor { engine: p3, linker };
-        start_epoch_ticker(&[&p2.engine, &p3.engine])?;
+        let stores = Arc::new(LiveStores::default());
+        start_epoch_ticker(&[&p2.engine, &p3.engine], stores.clone())?;
         tracing::info!(
             event = "engine_ready",
             instance_pool = limits.max_instances,
@@ -205,6 +208,7 @@ impl Runtime {
             p3,
             limits,
             budget,
+            stores,
         })
     }
 
@@ -397,6 +401,7 @@ impl Runtime {
             config: setup.config,
             keyvalue: setup.keyvalue,
             component: setup.component.clone(),
+            _alive: LiveStores::enter(&self.stores),
         };
         let mut store = Store::new(&self.flavor(engine).engine, state);
         store.limiter(|state| &mut state.memory);
@@ -422,15 +427,22 @@ fn link_wasi_0_2(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// How long the resting ticker waits before it looks whether its engines
+/// are still alive.
+const TICKER_REST: Duration = Duration::from_secs(1);
+
 /// Advances the epoch of `engines` every [`EPOCH_TICK`] on a thread of its
-/// own, for as long as they live. A plain OS thread, not an async task:
-/// guests that never give their worker thread back cannot stop it, so they
-/// always reach their next yield point and their deadline.
-fn start_epoch_ticker(engines: &[&Engine]) -> anyhow::Result<()> {
+/// own, for as long as they live and some store is alive (`stores`); with
+/// no store, it rests, so an idle process is not woken a thousand times a
+/// second. A plain OS thread, not an async task: guests that never give
+/// their worker thread back cannot stop it, so they always reach their
+/// next yield point and their deadline.
+fn start_epoch_ticker(engines: &[&Engine], stores: Arc<LiveStores>) -> anyhow::Result<()> {
     let engines: Vec<_> = engines.iter().map(|engine| engine.weak()).collect();
     std::thread::Builder::new()
         .name("pulse-epoch".into())
         .spawn(move || loop {
+            stores.wait_for_one(TICKER_REST);
             let mut alive = false;
             for engine in &engines {
                 if let Some(engine) = engine.upgrade() {

@@ -30,6 +30,8 @@ pub struct HostState {
     pub(super) keyvalue: Opened,
     /// The component's name, for logs.
     pub(super) component: Arc<str>,
+    /// Keeps the epoch ticker going while this store lives.
+    pub(super) _alive: StoreAlive,
 }
 
 impl HostState {
@@ -174,5 +176,46 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
+    }
+}
+/// How many stores are alive, for the epoch ticker: only a store's guest
+/// can run, so with none there is nothing to tick for.
+#[derive(Debug, Default)]
+pub struct LiveStores {
+    count: std::sync::Mutex<usize>,
+    changed: std::sync::Condvar,
+}
+
+impl LiveStores {
+    /// Counts one more store until the guard is dropped (with its store).
+    pub(super) fn enter(stores: &Arc<Self>) -> StoreAlive {
+        *stores.lock() += 1;
+        stores.changed.notify_all();
+        StoreAlive(stores.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until a store is alive, or `patience` passes.
+    pub(super) fn wait_for_one(&self, patience: std::time::Duration) {
+        let count = self.lock();
+        let _ = self
+            .changed
+            .wait_timeout_while(count, patience, |count| *count == 0);
+    }
+}
+
+/// One live store of [`LiveStores`].
+#[derive(Debug)]
+pub struct StoreAlive(Arc<LiveStores>);
+
+impl Drop for StoreAlive {
+    fn drop(&mut self) {
+        let mut count = self.0.lock();
+        *count = count.saturating_sub(1);
     }
 }

@@ -426,3 +426,49 @@ async fn sigterm_does_not_wait_for_connections_still_sending_headers() {
         started.elapsed()
     );
 }
+
+/// Context switches so far of the process `pid`'s thread named `name`.
+fn thread_switches(pid: u32, name: &str) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read /proc tasks");
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        return status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+    }
+    panic!("no thread {name} in process {pid}");
+}
+
+#[tokio::test]
+async fn the_epoch_ticker_rests_while_no_guest_can_run() {
+    // A serving pulse with no request in flight has no store alive
+    // (fresh instances), so its epoch ticker must not wake a thousand
+    // times a second; with a guest running, it ticks.
+    let (mut pulse, addr) = serve_faulty(&[]).await;
+    let (status, _, _) = http(addr, Method::GET, "/healthcheck").await;
+    assert_eq!(status, StatusCode::OK);
+    let window = Duration::from_millis(1000);
+    let before = thread_switches(pulse.pid(), "pulse-epoch");
+    // A window that must pass: what is counted is what happens in it.
+    tokio::time::sleep(window).await;
+    let idle = thread_switches(pulse.pid(), "pulse-epoch") - before;
+    assert!(idle < 20, "the idle ticker woke {idle} times in {window:?}");
+    let sleeper = tokio::spawn(async move { http(addr, Method::GET, "/sleep?ms=1500").await });
+    let admin = pulse.admin_addr().await;
+    common::wait_in_flight(admin, 1).await;
+    let before = thread_switches(pulse.pid(), "pulse-epoch");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let busy = thread_switches(pulse.pid(), "pulse-epoch") - before;
+    assert!(
+        busy > 50,
+        "with a guest running the ticker ticks: {busy} wakeups"
+    );
+    assert_eq!(sleeper.await.unwrap().0, StatusCode::OK);
+    let _ = pulse.terminate().await;
+}
