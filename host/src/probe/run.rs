@@ -143,6 +143,9 @@ struct Attempt {
     /// When the target's leaf certificate expires (Unix seconds), for
     /// https.
     cert_expiry: Option<i64>,
+    /// The seconds left on it when the answer was judged: what its
+    /// conditions saw, and what its line says.
+    cert_left: Option<i64>,
     /// Whether the component cut the body at its bound.
     truncated: bool,
 }
@@ -156,6 +159,7 @@ impl Attempt {
             error: Some(ProbeFailure { kind, message }),
             failed: Vec::new(),
             cert_expiry: None,
+            cert_left: None,
             truncated: false,
         }
     }
@@ -341,7 +345,7 @@ impl Prober {
                 .filter_map(|f| Some((f.source.clone(), f.error.clone()?)))
                 .collect(),
             failed: last.failed.into_iter().map(|f| f.source).collect(),
-            cert_expiry_seconds: last.cert_expiry.map(|at| at - now.timestamp()),
+            cert_expiry_seconds: last.cert_left,
             body_truncated: last.truncated,
             attempts,
             scheduled_for: scheduled_for.as_ref().map(rfc3339),
@@ -407,6 +411,7 @@ impl Prober {
     fn judge(&self, report: &Reported, cert_expiry: Option<i64>) -> Attempt {
         let latency_ms = report.latency.as_secs_f64() * 1000.0;
         let conditions = &self.options.request.conditions;
+        let cert_left = cert_expiry.map(|at| at - crate::ops::clock::now().timestamp());
         let failed = if conditions.is_empty() {
             Vec::new()
         } else {
@@ -415,8 +420,7 @@ impl Prober {
                 headers: &report.headers,
                 body: &report.body,
                 latency_ms,
-                cert_expiry_seconds: cert_expiry
-                    .map(|at| (at - crate::ops::clock::now().timestamp()) as f64),
+                cert_expiry_seconds: cert_left.map(|left| left as f64),
             };
             conditions.failed(&answer)
         };
@@ -436,6 +440,7 @@ impl Prober {
             error: None,
             failed,
             cert_expiry,
+            cert_left,
             truncated: report.truncated,
         }
     }

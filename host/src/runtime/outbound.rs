@@ -214,7 +214,7 @@ impl WasiHttpHooks for HttpHooks {
         }
         let mut request = request;
         crate::ops::telemetry::inject(&self.span, request.headers_mut());
-        if let (true, Some(tls)) = (scheme == "https", &self.tls) {
+        if let Some(tls) = self.tls.as_ref().filter(|_| scheme == "https") {
             let sent =
                 crate::runtime::tls::send(request, options, tls.clone(), self.leaf_expiry.clone());
             return Box::new(sent);

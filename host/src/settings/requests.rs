@@ -56,7 +56,10 @@ pub fn probe_request(
         body: section.body.clone().unwrap_or_default().into_bytes(),
         max_body: section.max_body.map_or(defaults::PROBE_MAX_BODY, |s| s.0),
         conditions,
-        tls: Arc::new(tls_client(section.tls.as_ref(), where_)?.unwrap_or(default_tls()?)),
+        tls: Arc::new(match tls_client(section.tls.as_ref(), where_)? {
+            Some(own) => own,
+            None => default_tls()?,
+        }),
     })
 }
 
