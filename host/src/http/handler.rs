@@ -56,11 +56,11 @@ use crate::http::p2;
 use crate::http::p3;
 use crate::http::pace::Pace;
 use crate::http::slots::{Saturation, Slot, Slots};
-use crate::ops::metrics::{ComponentName, Metrics};
+use crate::ops::metrics::{ComponentName, Metrics, RequestMetrics};
 use crate::ops::telemetry;
 use crate::runtime::outbound::AllowList;
 use crate::runtime::reload::Swappable;
-use crate::runtime::{GuestConfig, LoadError, Role, Runtime, Wasi};
+use crate::runtime::{GuestConfig, LoadError, Role, Runtime, Scope, Wasi};
 
 /// The header that carries the request id.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -107,7 +107,8 @@ pub struct Handler {
     instances: InstanceSettings,
     slots: Slots,
     options: ServeOptions,
-    metrics: Arc<Metrics>,
+    /// Its requests' counters, bound once to its name.
+    requests: RequestMetrics,
     /// The component's name in logs and metrics.
     name: ComponentName,
 }
@@ -152,7 +153,7 @@ impl Handler {
             instances,
             slots: Slots::new(options.max_concurrency, metrics.in_flight()),
             options,
-            metrics,
+            requests: metrics.requests_of(&ComponentName(Arc::from(name))),
             name: ComponentName(Arc::from(name)),
         })
     }
@@ -221,44 +222,62 @@ impl Handler {
 
     /// Answers one request, whose id is `id`. Never fails: failures become
     /// 4xx/5xx answers.
+    ///
+    /// The request span exists only when something wants it: traces are
+    /// on, or the log filter enables it (`RUST_LOG=debug`). The lines a
+    /// request causes name it by their own `request_id` field either way.
     pub async fn handle(
         &self,
         request: Request<Incoming>,
         id: String,
     ) -> Response<HyperOutgoingBody> {
         let started = Instant::now();
-        let span = tracing::info_span!("request", request_id = %id, component = &*self.name.0,
-            method = %request.method(), path = request.uri().path(), otel.kind = tracing::field::Empty);
+        let asked = Asked {
+            id: Arc::from(id),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+        };
+        let span = tracing::debug_span!("request", request_id = &*asked.id, component = &*self.name.0,
+            method = %asked.method, path = asked.uri.path(), otel.kind = tracing::field::Empty);
         // Only when traces are on: the span's kind and parent, and a handle
         // kept to record the status at the end.
-        let traced = telemetry::enabled().then(|| {
+        let traced = (telemetry::enabled() && !span.is_disabled()).then(|| {
             telemetry::continue_trace(&span, request.headers());
             span.clone()
         });
-        let mut response = self.answer(request, &id).instrument(span).await;
+        let mut response = self
+            .answer(request, &asked, span.clone())
+            .instrument(span)
+            .await;
         if let Some(span) = traced {
             telemetry::request_finished(&span, &self.name.0, response.status().as_u16());
         }
-        if let Ok(value) = HeaderValue::from_str(&id) {
+        if let Ok(value) = HeaderValue::from_str(&asked.id) {
             response.headers_mut().insert(REQUEST_ID, value);
         }
-        self.metrics
-            .request(&self.name, response.status().as_u16(), started.elapsed());
+        self.requests
+            .record(response.status().as_u16(), started.elapsed());
         response
     }
 
-    async fn answer(&self, request: Request<Incoming>, id: &str) -> Response<HyperOutgoingBody> {
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        asked: &Asked,
+        span: tracing::Span,
+    ) -> Response<HyperOutgoingBody> {
         let Some(slot) = self.slots.try_take() else {
-            return self.host_answer(HostAnswer::Busy, id);
+            return self.host_answer(HostAnswer::Busy, asked);
         };
         let limit = self.options.max_request_body;
         if declared_length(&request).is_some_and(|length| length > limit) {
-            return self.host_answer(HostAnswer::TooLarge, id);
+            return self.host_answer(HostAnswer::TooLarge, asked);
         }
         let verdict = Arc::new(BodyVerdict::default());
         let pace = self.options.body_pace;
         let request = request.map(|body| GuardedBody::new(body, limit, pace, verdict.clone()));
-        let executed = self.execute(request, slot).await;
+        let scope = Scope::request(asked.id.clone(), span);
+        let executed = self.execute(request, slot, scope).await;
         // A body cut short decides the answer, whatever the guest made of
         // the error it read: a guest may well treat it as the end of the
         // body and answer 200.
@@ -274,57 +293,88 @@ impl Handler {
                 Executed::PastDeadline => HostAnswer::PastDeadline,
             }
         };
-        self.host_answer(answer, id)
+        self.host_answer(answer, asked)
     }
 
-    /// The host's own answer to a request the guest did not answer, logged.
-    fn host_answer(&self, answer: HostAnswer, id: &str) -> Response<HyperOutgoingBody> {
+    /// The host's own answer to a request the guest did not answer, logged
+    /// with the request's id, component, method and path.
+    fn host_answer(&self, answer: HostAnswer, asked: &Asked) -> Response<HyperOutgoingBody> {
         let options = &self.options;
+        let (request_id, component) = (&*asked.id, &*self.name.0);
+        let (method, path) = (asked.method.as_str(), asked.uri.path());
         match &answer {
             HostAnswer::Busy => tracing::warn!(
+                request_id,
+                component,
+                method,
+                path,
                 max_concurrency = options.max_concurrency,
                 "all handler slots busy; answered 503"
             ),
             HostAnswer::TooLarge => tracing::info!(
+                request_id,
+                component,
+                method,
+                path,
                 max_request_body = options.max_request_body,
                 "request body too large; answered 413"
             ),
             HostAnswer::TooSlow => tracing::info!(
+                request_id,
+                component,
+                method,
+                path,
                 body_grace_ms = options.body_pace.grace.as_millis() as u64,
                 min_body_rate = options.body_pace.min_rate,
                 "request body came too slowly; answered 408"
             ),
-            HostAnswer::BadRequest(reason) => tracing::debug!(%reason, "rejected request"),
+            HostAnswer::BadRequest(reason) => {
+                tracing::debug!(request_id, component, method, path, %reason, "rejected request")
+            }
             HostAnswer::Failed(error) => tracing::error!(
                 event = "handler_failed",
-                component = &*self.name.0,
+                request_id,
+                component,
+                method,
+                path,
                 error = format!("{error:#}"),
                 "handler component failed"
             ),
             HostAnswer::PastDeadline => tracing::error!(
                 event = "handler_timeout",
-                component = &*self.name.0,
+                request_id,
+                component,
+                method,
+                path,
                 timeout_ms = options.request_timeout.as_millis() as u64,
                 "handler component did not respond in time; stopped it"
             ),
         }
-        answer.response(id, options.max_request_body)
+        answer.response(&asked.id, options.max_request_body)
     }
 
     /// Runs the guest for one request, on an instance of the component in
     /// use now, through the executor of its WASI version.
-    async fn execute(&self, request: Request<GuardedBody>, slot: Slot) -> Executed {
+    async fn execute(&self, request: Request<GuardedBody>, slot: Slot, scope: Scope) -> Executed {
         let call = Call {
             request,
             slot,
             deadline: Instant::now() + self.options.request_timeout,
-            span: tracing::Span::current(),
+            scope,
         };
         match &self.generation().serving {
             Serving::P2(pool) => p2::execute(pool.clone(), &self.instances, call).await,
             Serving::P3(handler) => p3::execute(handler.clone(), call).await,
         }
     }
+}
+
+/// What a request asked, kept for the host's own answers and their log
+/// lines once the request itself has gone to the guest.
+struct Asked {
+    id: Arc<str>,
+    method: hyper::Method,
+    uri: hyper::Uri,
 }
 
 /// Every answer the host makes itself, instead of the guest's: the

@@ -36,7 +36,7 @@ use crate::ops::metrics::Metrics;
 use crate::runtime::keyvalue::Opened;
 use crate::runtime::memory::MemoryBudget;
 use crate::runtime::outbound::AllowList;
-use crate::runtime::{GuestConfig, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
+use crate::runtime::{GuestConfig, HostState, LoadError, Role, Runtime, Scope, StoreSetup, Wasi};
 
 /// One request, as the handler gives it to an executor.
 pub struct Call {
@@ -46,9 +46,8 @@ pub struct Call {
     pub slot: Slot,
     /// When the request must have its response (and the guest be stopped).
     pub deadline: Instant,
-    /// The request's span: the guest's output and outgoing requests belong
-    /// to it.
-    pub span: tracing::Span,
+    /// The request: the guest's output and outgoing requests belong to it.
+    pub scope: Scope,
 }
 
 /// How an executor's call for one request ended.
@@ -168,8 +167,8 @@ pub struct StoreTemplate {
 }
 
 impl StoreTemplate {
-    /// The setup of one store: these, with `deadline` and `span`.
-    pub fn setup(&self, deadline: Instant, span: tracing::Span) -> StoreSetup {
+    /// The setup of one store: these, with `deadline` and `scope`.
+    pub fn setup(&self, deadline: Instant, scope: Scope) -> StoreSetup {
         StoreSetup {
             component: self.component.clone(),
             outbound: self.outbound.clone(),
@@ -177,7 +176,7 @@ impl StoreTemplate {
             env: self.env.clone(),
             config: self.config.clone(),
             keyvalue: self.keyvalue.clone(),
-            span,
+            scope,
             max_memory: self.max_memory,
             tls: self.tls.clone(),
         }

@@ -24,7 +24,7 @@ use crate::http::instances::{memory_is_short, Call, Executed, InstanceSettings};
 use crate::http::slots::Slot;
 use crate::ops::metrics::Component;
 use crate::runtime::memory::{MemoryBudget, Refusal};
-use crate::runtime::{is_deadline, HostState, Wasi};
+use crate::runtime::{is_deadline, HostState, Scope, Wasi};
 
 /// A WASI 0.2 instance between requests.
 struct P2Instance {
@@ -205,7 +205,7 @@ pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call)
         request,
         slot,
         deadline,
-        span,
+        scope,
     } = call;
     // Kept only when an idle instance may serve it: a fresh instance per
     // request (the default) never needs a second attempt, nor the copy.
@@ -214,15 +214,15 @@ pub async fn execute(pool: Arc<P2Pool>, settings: &InstanceSettings, call: Call)
     } else {
         None
     };
-    let (failure, slot) = match attempt(&pool, settings, request, slot, deadline, &span, true).await
-    {
-        Attempt::Done(executed) => return executed,
-        Attempt::ReusedFailed { failure, slot } => (failure, slot),
-    };
+    let (failure, slot) =
+        match attempt(&pool, settings, request, slot, deadline, &scope, true).await {
+            Attempt::Done(executed) => return executed,
+            Attempt::ReusedFailed { failure, slot } => (failure, slot),
+        };
     let Some(request) = again.map(Resend::request) else {
         return failure;
     };
-    match attempt(&pool, settings, request, slot, deadline, &span, false).await {
+    match attempt(&pool, settings, request, slot, deadline, &scope, false).await {
         Attempt::Done(Executed::Answered(response)) => {
             pool.stop_reuse(&settings.template.component, &failure);
             Executed::Answered(response)
@@ -274,20 +274,21 @@ async fn attempt(
     request: Request<GuardedBody>,
     slot: Slot,
     deadline: Instant,
-    span: &tracing::Span,
+    scope: &Scope,
     may_reuse: bool,
 ) -> Attempt {
     let idle = if may_reuse { pool.take() } else { None };
     let (mut store, reused) = match idle {
         Some(mut idle) => {
-            idle.store.data_mut().begin_request(deadline, span.clone());
+            idle.store.data_mut().begin_request(deadline, scope.clone());
             idle.store.set_epoch_deadline(1);
             (idle.store, Some((idle.proxy, idle.served)))
         }
         None => (
-            settings
-                .runtime
-                .new_store(pool.engine, settings.template.setup(deadline, span.clone())),
+            settings.runtime.new_store(
+                pool.engine,
+                settings.template.setup(deadline, scope.clone()),
+            ),
             None,
         ),
     };

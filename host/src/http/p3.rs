@@ -26,7 +26,7 @@ use crate::http::body::GuestBody;
 use crate::http::instances::{memory_is_short, Call, Executed, InstanceSettings, StoreTemplate};
 use crate::ops::metrics::{Component, Metrics};
 use crate::runtime::memory::MemoryBudget;
-use crate::runtime::{is_deadline, HostState, Runtime, Wasi};
+use crate::runtime::{is_deadline, HostState, Runtime, Scope, Wasi};
 
 /// Runs one request on a worker of `handler`. The call's slot is held by
 /// the response body until it has been streamed.
@@ -34,7 +34,7 @@ pub async fn execute(handler: ProxyHandler<P3State>, call: Call) -> Executed {
     let deadline = call.deadline;
     let context = RequestContext {
         deadline,
-        span: call.span,
+        scope: call.scope,
     };
     let (request, slot) = (call.request.map(|body| body.boxed_unsync()), call.slot);
     // The worker enforces the deadline too, but a guest that keeps its
@@ -115,9 +115,9 @@ impl P3State {
 pub struct RequestContext {
     /// When the request must have its response.
     pub deadline: Instant,
-    /// The request's span: the guest's output and outgoing requests belong
-    /// to it (to the latest request, when several share the instance).
-    pub span: tracing::Span,
+    /// The request: the guest's output and outgoing requests belong to it
+    /// (to the latest request, when several share the instance).
+    pub scope: Scope,
 }
 
 fn http_view(state: &mut HostState) -> WasiHttpCtxView<'_> {
@@ -135,14 +135,12 @@ impl HandlerState for P3State {
         let started = Instant::now();
         let setup = self
             .template
-            .setup(started + self.request_timeout, tracing::Span::none());
+            .setup(started + self.request_timeout, Scope::none());
         let mut store = self.runtime.new_store(Wasi::P3, setup);
         let service = self.pre.instantiate_async(&mut store).await?;
         self.metrics
             .instantiation(Component::Handler, started.elapsed());
-        store
-            .data_mut()
-            .begin_request(no_deadline(), tracing::Span::none());
+        store.data_mut().begin_request(no_deadline(), Scope::none());
         Ok(Instance {
             store,
             proxy: Proxy::P3(service),
@@ -191,7 +189,7 @@ impl WorkerState for P3Worker {
         data: RequestContext,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
-        store.data_mut().begin_request(no_deadline(), data.span);
+        store.data_mut().begin_request(no_deadline(), data.scope);
         Box::pin(tokio::time::sleep_until(data.deadline.into()))
     }
 

@@ -3,11 +3,13 @@
 //! them (default `info`). Probe results are not diagnostics: they are the
 //! program's output and go to stdout (see `probe.rs`).
 //!
-//! Work that spans many events runs in a span carrying its identity (a
-//! request's id, method and path; a probe run's name and target). In JSON,
-//! every line is one flat object: the fields of the spans it happened in,
-//! outermost first, then its own, so `request_id` is a top-level key of
-//! every line a request causes, guest output included.
+//! Each line a request causes names it by its own fields (`request_id`,
+//! `component`, and for the host's answers `method` and `path`), guest
+//! output included, so a request needs no span to be found in the log;
+//! its `request` span is made only when traces are on or the filter
+//! enables it (`RUST_LOG=debug`). A probe run's span carries its name and
+//! target. In JSON, every line is one flat object: the fields of the spans
+//! it happened in, outermost first, then its own.
 
 use std::fmt;
 use std::io::IsTerminal;

@@ -14,6 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::ops::request_metrics::StatusLabels;
+pub use crate::ops::request_metrics::{ComponentName, RequestMetrics};
+
 /// How a probe ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -138,26 +141,6 @@ impl ReloadOutcome {
 }
 
 label_value!(Component, Port, ReloadOutcome);
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabels {
-    component: ComponentName,
-    status: u16,
-}
-
-/// The name of the component that answered a request (the `component`
-/// label): its route's name, or empty when no route matched.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-pub struct ComponentName(pub std::sync::Arc<str>);
-
-impl prometheus_client::encoding::EncodeLabelValue for ComponentName {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
-    ) -> std::fmt::Result {
-        std::fmt::Write::write_str(encoder, &self.0)
-    }
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConditionLabels {
@@ -432,6 +415,8 @@ impl Metrics {
     }
 
     /// Counts one request `component` answered (see [`ComponentName`]).
+    /// A handler counts through [`Metrics::requests_of`] instead, bound
+    /// once.
     pub fn request(&self, component: &ComponentName, status: u16, took: Duration) {
         let labels = StatusLabels {
             component: component.clone(),
@@ -439,6 +424,18 @@ impl Metrics {
         };
         self.requests.get_or_create(&labels).inc();
         self.request_duration.observe(took.as_secs_f64());
+    }
+
+    /// The request counters of `component`, bound once: each status's
+    /// counter is looked up in the family the first time it is counted,
+    /// and from then on counting is one atomic add, with no label set
+    /// hashed or lock taken.
+    pub fn requests_of(&self, component: &ComponentName) -> RequestMetrics {
+        RequestMetrics::new(
+            component.clone(),
+            self.requests.clone(),
+            self.request_duration.clone(),
+        )
     }
 
     /// Records how long instantiating a `role` component took.

@@ -10,5 +10,6 @@
 pub mod clock;
 pub mod logging;
 pub mod metrics;
+pub mod request_metrics;
 pub mod shutdown;
 pub mod telemetry;

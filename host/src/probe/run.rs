@@ -27,7 +27,7 @@ use crate::probe::world::{self, ProbePre, Reported, Request};
 use crate::runtime::outbound::{AllowList, AllowRule};
 use crate::runtime::reload::{Reloadable, Swappable};
 use crate::runtime::tls::TlsClient;
-use crate::runtime::{is_deadline, HostState, LoadError, Role, Runtime, StoreSetup, Wasi};
+use crate::runtime::{is_deadline, HostState, LoadError, Role, Runtime, Scope, StoreSetup, Wasi};
 
 /// Extra time the host waits past the deadline before it gives up on the
 /// guest, so a probe that honours its deadline reports its own timeout.
@@ -364,7 +364,7 @@ impl Prober {
                 env: self.options.env.clone(),
                 config: self.options.config.clone(),
                 keyvalue: self.options.keyvalue.clone(),
-                span: tracing::Span::current(),
+                scope: Scope::in_span(tracing::Span::current()),
                 max_memory: None,
                 tls: Some(self.options.request.tls.clone()),
             },

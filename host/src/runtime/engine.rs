@@ -33,7 +33,7 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::runtime::component_scan::Wasi;
-use crate::runtime::guest_log::{GuestLog, SharedSpan, Stream};
+use crate::runtime::guest_log::{GuestLog, SharedOutput, Stream};
 use crate::runtime::load::{
     check_component_header, explain_wasi_0_3, read_prefix, ComponentFile, HeaderKind, LoadError,
     Role,
@@ -378,12 +378,12 @@ impl Runtime {
             setup.outbound,
             setup.component.clone(),
             setup.tls,
-            setup.span.clone(),
+            setup.scope.clone(),
         );
-        let log_span = SharedSpan::new(setup.component.clone(), setup.span);
+        let output = SharedOutput::new(setup.component.clone(), setup.scope);
         let wasi = wasi
-            .stdout(GuestLog::new(Stream::Stdout, log_span.clone()))
-            .stderr(GuestLog::new(Stream::Stderr, log_span.clone()))
+            .stdout(GuestLog::new(Stream::Stdout, output.clone()))
+            .stderr(GuestLog::new(Stream::Stderr, output.clone()))
             .build();
         let state = HostState {
             wasi,
@@ -397,7 +397,7 @@ impl Runtime {
                 }),
             ),
             deadline: setup.deadline,
-            log_span,
+            output,
             config: setup.config,
             keyvalue: setup.keyvalue,
             component: setup.component.clone(),

@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use crate::runtime::scope::Scope;
+
 /// The longest guest log line kept; the rest of the line is dropped and the
 /// event says how much.
 pub const MAX_LINE: usize = 4096;
@@ -33,18 +35,18 @@ impl Stream {
 }
 
 /// What a store's guest output shares between the stream handles the guest
-/// opens: the span its lines are logged in (its request or probe run, set
-/// anew for each request a reused instance is given), and the line each
+/// opens: the request or probe run its lines belong to (set anew for each
+/// request a reused instance is given), and the line each
 /// stream has begun. A line is logged when its newline comes, however many
 /// writes and stream handles it took; what is left of a line is logged
 /// when the request ends (the next request begins, or the store goes).
 #[derive(Clone, Debug)]
-pub struct SharedSpan(Arc<Mutex<Output>>);
+pub struct SharedOutput(Arc<Mutex<Output>>);
 
 #[derive(Debug)]
 struct Output {
     component: Arc<str>,
-    span: tracing::Span,
+    scope: Scope,
     /// The line begun on stdout and on stderr.
     pending: [Pending; 2],
 }
@@ -65,23 +67,23 @@ struct Line {
     stream: Stream,
 }
 
-impl SharedSpan {
-    /// The output of `component`, logged in `span`.
-    pub fn new(component: Arc<str>, span: tracing::Span) -> Self {
+impl SharedOutput {
+    /// The output of `component`, working for `scope`.
+    pub fn new(component: Arc<str>, scope: Scope) -> Self {
         Self(Arc::new(Mutex::new(Output {
             component,
-            span,
+            scope,
             pending: Default::default(),
         })))
     }
 
-    /// Ends the lines begun (in the span they were written in), then logs
-    /// from now on in `span`.
-    pub fn set(&self, span: tracing::Span) {
+    /// Ends the lines begun (in the scope they were written in), then logs
+    /// from now on for `scope`.
+    pub fn set(&self, scope: Scope) {
         let (ended, previous, component) = {
             let mut output = self.lock();
             let ended = output.take_begun();
-            let previous = std::mem::replace(&mut output.span, span);
+            let previous = std::mem::replace(&mut output.scope, scope);
             (ended, previous, output.component.clone())
         };
         emit(&component, &previous, ended);
@@ -94,7 +96,7 @@ impl SharedSpan {
     /// Adds `bytes` written to `stream`, and logs each line they end.
     fn write(&self, stream: Stream, mut bytes: &[u8]) {
         let mut ended = Vec::new();
-        let (span, component) = {
+        let (scope, component) = {
             let mut output = self.lock();
             let pending = &mut output.pending[stream as usize];
             while !bytes.is_empty() {
@@ -120,20 +122,20 @@ impl SharedSpan {
             if ended.is_empty() {
                 return;
             }
-            (output.span.clone(), output.component.clone())
+            (output.scope.clone(), output.component.clone())
         };
-        emit(&component, &span, ended);
+        emit(&component, &scope, ended);
     }
 }
 
-/// Logs `lines` of `component` in `span`, outside the shared state's lock.
-fn emit(component: &str, span: &tracing::Span, lines: Vec<Line>) {
+/// Logs `lines` of `component` for `scope`, outside the shared state's lock.
+fn emit(component: &str, scope: &Scope, lines: Vec<Line>) {
     if lines.is_empty() {
         return;
     }
-    let _in_span = span.enter();
+    let _in_span = scope.span.enter();
     for line in lines {
-        log_line(component, &line);
+        log_line(component, scope.request_id(), &line);
     }
 }
 
@@ -157,17 +159,18 @@ impl Output {
 impl Drop for Output {
     fn drop(&mut self) {
         let begun = self.take_begun();
-        emit(&self.component, &self.span, begun);
+        emit(&self.component, &self.scope, begun);
     }
 }
 
-fn log_line(component: &str, line: &Line) {
+fn log_line(component: &str, request_id: Option<&str>, line: &Line) {
     let text = String::from_utf8_lossy(&line.text);
     let text = text.trim_end_matches('\r');
     let truncated_bytes = (line.dropped > 0).then_some(line.dropped);
     tracing::info!(
         event = "guest_output",
         component,
+        request_id,
         stream = line.stream.name(),
         line = text,
         truncated_bytes,
@@ -179,14 +182,14 @@ fn log_line(component: &str, line: &Line) {
 #[derive(Clone)]
 pub struct GuestLog {
     stream: Stream,
-    output: SharedSpan,
+    output: SharedOutput,
 }
 
 impl GuestLog {
     /// The `stream` of the guest whose output is `output`. (The writes
-    /// happen in a task of their own, so the span is carried in `output`
+    /// happen in a task of their own, so the scope is carried in `output`
     /// rather than entered.)
-    pub fn new(stream: Stream, output: SharedSpan) -> Self {
+    pub fn new(stream: Stream, output: SharedOutput) -> Self {
         Self { stream, output }
     }
 }
@@ -226,11 +229,11 @@ impl AsyncWrite for GuestLog {
 mod tests {
     use super::*;
 
-    fn output() -> SharedSpan {
-        SharedSpan::new("test".into(), tracing::Span::none())
+    fn output() -> SharedOutput {
+        SharedOutput::new("test".into(), Scope::none())
     }
 
-    fn begun(output: &SharedSpan, stream: Stream) -> (Vec<u8>, usize) {
+    fn begun(output: &SharedOutput, stream: Stream) -> (Vec<u8>, usize) {
         let guard = output.lock();
         let pending = &guard.pending[stream as usize];
         (pending.line.clone(), pending.dropped)
@@ -271,7 +274,7 @@ mod tests {
         assert_eq!(begun(&out, Stream::Stderr).0, b"start a print 12");
         assert!(begun(&out, Stream::Stdout).0.is_empty(), "streams apart");
         // The next request ends it.
-        out.set(tracing::Span::none());
+        out.set(Scope::none());
         assert!(begun(&out, Stream::Stderr).0.is_empty());
     }
 }

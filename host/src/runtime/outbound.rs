@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
 
+use crate::runtime::scope::Scope;
 use crate::runtime::tls::TlsClient;
 
 use http_body_util::BodyExt;
@@ -151,28 +152,29 @@ pub struct HttpHooks {
     /// When the leaf certificate of the last `https` server reached
     /// through `tls` expires, in Unix seconds; 0 before any.
     pub leaf_expiry: Arc<AtomicI64>,
-    /// The span the component runs in: its outgoing requests carry its
-    /// trace context. A reused instance gets its request's span each time.
-    pub span: tracing::Span,
+    /// The request or probe run the component works for: its outgoing
+    /// requests carry its trace context, and a denial names the request. A
+    /// reused instance gets its request's scope each time.
+    pub scope: Scope,
     /// The last destination this store was denied, if any.
     pub denied: Option<String>,
 }
 
 impl HttpHooks {
-    /// Hooks letting `component`, running in `span`, reach what `allow`
+    /// Hooks letting `component`, working for `scope`, reach what `allow`
     /// lists.
     pub fn new(
         allow: Arc<AllowList>,
         component: Arc<str>,
         tls: Option<Arc<TlsClient>>,
-        span: tracing::Span,
+        scope: Scope,
     ) -> Self {
         Self {
             allow,
             component,
             tls,
             leaf_expiry: Arc::default(),
-            span,
+            scope,
             denied: None,
         }
     }
@@ -205,6 +207,7 @@ impl WasiHttpHooks for HttpHooks {
             let destination = format!("{scheme}://{host}:{port}");
             tracing::warn!(event = "outbound_denied",
                 component = &*self.component,
+                request_id = self.scope.request_id(),
                 %destination,
                 allowed = self.allow.describe(),
                 "outbound request denied: the destination is not on the component's allow-list"
@@ -213,7 +216,7 @@ impl WasiHttpHooks for HttpHooks {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         let mut request = request;
-        crate::ops::telemetry::inject(&self.span, request.headers_mut());
+        crate::ops::telemetry::inject(&self.scope.span, request.headers_mut());
         if let Some(tls) = self.tls.as_ref().filter(|_| scheme == "https") {
             let sent =
                 crate::runtime::tls::send(request, options, tls.clone(), self.leaf_expiry.clone());

@@ -1,6 +1,6 @@
 //! The state every store carries ([`HostState`]): WASI and wasi:http
 //! contexts, the outbound policy hooks, the resource table, the memory
-//! limiter, the deadline and the span guest output is logged in; and what
+//! limiter, the deadline and the request or probe run the guest works for; and what
 //! a store is made with ([`StoreSetup`]).
 
 use std::sync::Arc;
@@ -11,10 +11,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_config::{WasiConfig, WasiConfigVariables};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::runtime::guest_log::SharedSpan;
+use crate::runtime::guest_log::SharedOutput;
 use crate::runtime::keyvalue::{KeyValue, Opened};
 use crate::runtime::memory::{GuestMemory, Refusal};
 use crate::runtime::outbound::{AllowList, HttpHooks};
+use crate::runtime::scope::Scope;
 
 /// The state every store carries: WASI, wasi:http with its outbound
 /// allow-list, the resource table, the memory limit and the deadline.
@@ -25,7 +26,7 @@ pub struct HostState {
     pub(super) table: ResourceTable,
     pub(super) memory: GuestMemory,
     pub(super) deadline: Instant,
-    pub(super) log_span: SharedSpan,
+    pub(super) output: SharedOutput,
     pub(super) config: GuestConfig,
     pub(super) keyvalue: Opened,
     /// The component's name, for logs.
@@ -35,12 +36,12 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// Gives a reused instance its next request: its deadline, and the span
-    /// its output and outgoing requests belong to.
-    pub fn begin_request(&mut self, deadline: Instant, span: tracing::Span) {
+    /// Gives a reused instance its next request: its deadline, and the
+    /// request its output and outgoing requests belong to.
+    pub fn begin_request(&mut self, deadline: Instant, scope: Scope) {
         self.deadline = deadline;
-        self.log_span.set(span.clone());
-        self.hooks.span = span;
+        self.output.set(scope.clone());
+        self.hooks.scope = scope;
         self.hooks.denied = None;
     }
 
@@ -108,8 +109,8 @@ pub struct StoreSetup {
     pub config: GuestConfig,
     /// The `wasi:keyvalue` stores the guest may open.
     pub keyvalue: Opened,
-    /// The span the guest's output is logged in (its request or probe run).
-    pub span: tracing::Span,
+    /// The request or probe run the guest works for.
+    pub scope: Scope,
     /// A linear memory cap below the engine's `max_memory`, if the
     /// component has its own.
     pub max_memory: Option<usize>,
@@ -129,6 +130,7 @@ impl HostState {
             opened: &self.keyvalue,
             table: &mut self.table,
             component: &self.component,
+            request_id: self.hooks.scope.request_id(),
         }
     }
 }

@@ -203,12 +203,19 @@ impl Pulse {
     }
 
     /// Starts `program` (which runs pulse, possibly through a wrapper such as
-    /// `ip netns exec`) with `args` appended.
+    /// `ip netns exec`) with `args` appended; `RUST_LOG` is `info` unless
+    /// `command` sets it.
     pub fn spawn_command(mut command: Command, args: &[&str]) -> Self {
+        if !command
+            .as_std()
+            .get_envs()
+            .any(|(key, _)| key == "RUST_LOG")
+        {
+            command.env("RUST_LOG", "info");
+        }
         command
             .args(args)
             .env("PULSE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
             .env("PULSE_ADMIN_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

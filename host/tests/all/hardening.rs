@@ -276,6 +276,47 @@ async fn guest_output_goes_to_the_log_tagged_and_bounded() {
     assert_eq!(long["truncated_bytes"], 100_000 - 4096);
 }
 
+/// A request's lines name it by their own `request_id` field: at `info`
+/// no request span is made (so no `method` or `path` from one), and with
+/// `RUST_LOG=debug` the span adds them.
+#[tokio::test]
+async fn a_request_span_is_made_only_when_the_filter_wants_it() {
+    for (filter, spanned) in [("info", false), ("debug", true)] {
+        let mut command = tokio::process::Command::new(common::pulse_bin());
+        command.env("RUST_LOG", filter);
+        let faulty = component("faulty");
+        let args = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--handler",
+            faulty.to_str().unwrap(),
+        ];
+        let mut pulse = Pulse::spawn_command(command, &args);
+        let addr = pulse.listening_addr().await;
+        let (status, headers, _) = http(addr, Method::GET, "/print").await;
+        assert_eq!(status, StatusCode::OK);
+        let line = pulse
+            .wait_for_stderr(|l| l["event"] == "guest_output" && l["line"] == "hello from stdout")
+            .await;
+        assert_eq!(
+            line["request_id"],
+            headers["x-request-id"].to_str().unwrap()
+        );
+        assert_eq!(line["component"], "faulty");
+        assert_eq!(
+            line["path"] == "/print",
+            spanned,
+            "RUST_LOG={filter}: {line}"
+        );
+        assert_eq!(
+            line["method"] == "GET",
+            spanned,
+            "RUST_LOG={filter}: {line}"
+        );
+    }
+}
+
 /// A line the guest writes in several writes, each through a stream handle
 /// of its own, is one log line, as `wasmtime serve` prints it.
 #[tokio::test]
@@ -300,7 +341,7 @@ async fn handler_has_no_outbound_http_unless_allowed() {
     let target = Target::start(StatusCode::OK).await;
     let fetch = format!("/fetch?url=http://{}/", target.addr);
     let (mut pulse, addr) = serve_faulty(&[]).await;
-    let (status, _, body) = http(addr, Method::GET, &fetch).await;
+    let (status, headers, body) = http(addr, Method::GET, &fetch).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(&body[..], b"ErrorCode::HttpRequestDenied\n");
     assert_eq!(
@@ -312,6 +353,7 @@ async fn handler_has_no_outbound_http_unless_allowed() {
         .wait_for_stderr(|l| l["event"] == "outbound_denied")
         .await;
     assert_eq!(log["destination"], format!("http://{}", target.addr));
+    assert_eq!(log["request_id"], headers["x-request-id"].to_str().unwrap());
 
     let allow = format!("http://{}", target.addr);
     let (_pulse, addr) = serve_faulty(&["--handler-allow-outbound", &allow]).await;

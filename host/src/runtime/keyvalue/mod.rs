@@ -106,6 +106,8 @@ pub struct KeyValue<'a> {
     pub table: &'a mut ResourceTable,
     /// The component's name, for logs.
     pub component: &'a str,
+    /// The request the component works for, if any, for logs.
+    pub request_id: Option<&'a str>,
 }
 
 impl KeyValue<'_> {
@@ -136,6 +138,7 @@ impl store::Host for KeyValue<'_> {
             tracing::warn!(
                 event = "keyvalue_denied",
                 component = self.component,
+                request_id = self.request_id,
                 section = &*self.opened.section,
                 store = name,
                 "a component opened a keyvalue store its section does not list; add the store to the section's keyvalue list"
