@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod logging;
 pub mod metrics;
+pub mod otlp_client;
 pub mod request_metrics;
 pub mod shutdown;
 pub mod telemetry;

@@ -29,6 +29,7 @@ use anyhow::{anyhow, Context as _};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
+use opentelemetry_otlp::WithHttpConfig;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor};
@@ -90,8 +91,12 @@ impl Traces {
                 "{variable}={endpoint:?}: pulse exports traces over plain http (OTLP/HTTP, protobuf); give the http:// address of a collector's OTLP/HTTP port, such as http://otel-collector:4318"
             ));
         }
+        let settings = BatchSettings::from_env()?;
+        let client = crate::ops::otlp_client::OtlpClient::new(settings.timeout)
+            .context("cannot start the trace exporter's HTTP client")?;
         let mut exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(client)
             .build()
             .with_context(|| format!("cannot set up trace export to {variable}={endpoint:?}"))?;
         let mut resource = Resource::builder();
@@ -102,7 +107,7 @@ impl Traces {
             .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
             .build();
         exporter.set_resource(&resource);
-        let processor = QueueProcessor::start(exporter, BatchSettings::from_env()?)?;
+        let processor = QueueProcessor::start(exporter, settings)?;
         let provider = SdkTracerProvider::builder()
             .with_resource(resource)
             .with_span_processor(processor)
@@ -238,12 +243,15 @@ impl Injector for HeaderInjector<'_> {
     }
 }
 
-/// The batching settings, from the standard `OTEL_BSP_*` variables.
+/// The batching settings, from the standard `OTEL_BSP_*` variables, and
+/// how long one export may take (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, else
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`, in milliseconds; 10 s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct BatchSettings {
     max_queue_size: usize,
     max_batch_size: usize,
     delay: Duration,
+    timeout: Duration,
 }
 
 impl BatchSettings {
@@ -267,10 +275,16 @@ impl BatchSettings {
         let max_batch_size =
             usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)?)?.min(max_queue_size);
         let delay = Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?);
+        let timeout = if lookup("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT").is_some() {
+            number("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 10_000)?
+        } else {
+            number("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000)?
+        };
         Ok(Self {
             max_queue_size,
             max_batch_size,
             delay,
+            timeout: Duration::from_millis(timeout),
         })
     }
 }
@@ -445,16 +459,19 @@ mod tests {
             BatchSettings {
                 max_queue_size: 2048,
                 max_batch_size: 512,
-                delay: Duration::from_secs(5)
+                delay: Duration::from_secs(5),
+                timeout: Duration::from_secs(10),
             }
         );
         let set = BatchSettings::from_lookup(|name| match name {
             "OTEL_BSP_MAX_QUEUE_SIZE" => Some("100".into()),
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" => Some("500".into()),
             "OTEL_BSP_SCHEDULE_DELAY" => Some("250".into()),
+            "OTEL_EXPORTER_OTLP_TIMEOUT" => Some("3000".into()),
             _ => None,
         })
         .unwrap();
+        assert_eq!(set.timeout, Duration::from_secs(3));
         assert_eq!(set.max_queue_size, 100);
         assert_eq!(set.max_batch_size, 100, "a batch is never above the queue");
         assert_eq!(set.delay, Duration::from_millis(250));
@@ -485,6 +502,7 @@ mod tests {
             max_queue_size: 4,
             max_batch_size: 1,
             delay: Duration::from_millis(1),
+            timeout: Duration::from_secs(1),
         };
         let processor = QueueProcessor::start(Stuck(gate.clone()), settings).unwrap();
         let before = processor.dropped.get();

@@ -16,16 +16,22 @@ use crate::common::{self, component, http, pulse_bin, Pulse, PATIENCE};
 
 /// The receiver, and the spans it printed so far.
 struct Receiver {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     port: u16,
     spans: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Receiver {
     async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    /// A receiver on `port` (0: a free one).
+    async fn start_on(port: u16) -> Self {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ci/otlp_receiver.py");
         let mut child = tokio::process::Command::new("python3")
             .arg(script)
+            .arg(port.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -49,11 +55,7 @@ impl Receiver {
                     .push(serde_json::from_str::<Value>(&line).unwrap());
             }
         });
-        Self {
-            _child: child,
-            port,
-            spans,
-        }
+        Self { child, port, spans }
     }
 
     /// Waits for a span that `matches`.
@@ -73,6 +75,56 @@ impl Receiver {
             || format!("a {what} span; got {:?}", self.spans.lock().unwrap()),
         )
         .await
+    }
+}
+
+/// The exporter keeps its connection to the collector between batches;
+/// when the collector restarts, the next batch goes on a new connection
+/// and nothing is dropped or warned about.
+#[tokio::test]
+async fn spans_reach_a_collector_that_restarted() {
+    let mut first = Receiver::start().await;
+    let port = first.port;
+    let mut command = tokio::process::Command::new(pulse_bin());
+    command
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env("OTEL_BSP_SCHEDULE_DELAY", "10");
+    let health = component("health");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--handler",
+        health.to_str().unwrap(),
+    ];
+    let mut pulse = Pulse::spawn_command(command, &args);
+    let addr = pulse.listening_addr().await;
+    requests_are_traced(addr, &first).await;
+    // The collector goes away with the kept connection open, and comes
+    // back on the same port.
+    first.child.kill().await.unwrap();
+    let second = Receiver::start_on(port).await;
+    requests_are_traced(addr, &second).await;
+    assert!(
+        !pulse.stderr().contains("cannot export trace spans"),
+        "{}",
+        pulse.stderr()
+    );
+}
+
+/// Sends a few requests, each in a batch of its own, and waits for each
+/// one's span at `receiver`.
+async fn requests_are_traced(addr: std::net::SocketAddr, receiver: &Receiver) {
+    for _ in 0..3 {
+        let (status, headers, _) = http(addr, Method::GET, "/healthcheck").await;
+        assert_eq!(status, StatusCode::OK);
+        let id = headers["x-request-id"].to_str().unwrap().to_owned();
+        receiver
+            .span("request", |s| s["attributes"]["request_id"] == id.as_str())
+            .await;
     }
 }
 
