@@ -159,9 +159,11 @@ vendor-wit:
     echo "wit/deps now matches wasmtime-wasi-http and wasmtime-wasi-config $version"
 
 # Benchmark pulse serve against wasmtime serve, a native hyper server and the Express app; writes docs/BENCHMARKS.md.
-bench rounds="5" duration="10": build
+bench rounds="5" duration="10": image
     #!/usr/bin/env bash
     set -euo pipefail
+    engine=$(command -v podman || command -v docker)
+    image_bytes=$("$engine" image inspect {{image}} --format '{{{{.Size}}')
     cargo build --release --locked --target {{host_target}} -p bench-native
     if command -v npm >/dev/null && [ ! -d bench/express/node_modules ]; then
         (cd bench/express && npm ci --no-audit --no-fund --silent)
@@ -169,7 +171,7 @@ bench rounds="5" duration="10": build
     [ -x "{{wasmtime_bin}}" ] || echo "note: no wasmtime CLI at {{wasmtime_bin}}; run 'just bench-wasmtime' (about 20 minutes) to compare with it" >&2
     python3 ci/bench.py --pulse {{host_bin}} --health {{components}}/health.wasm --health-p3 {{components}}/health-p3.wasm \
         --health-js {{components}}/health-js.wasm --faulty {{components}}/faulty.wasm --native target/{{host_target}}/release/bench-native --wasmtime {{wasmtime_bin}} \
-        --express bench/express --rounds {{rounds}} --duration {{duration}} --output docs/BENCHMARKS.md
+        --express bench/express --rounds {{rounds}} --duration {{duration}} --image-bytes "$image_bytes" --output docs/BENCHMARKS.md
 
 # Install wasmtime-cli 48.0.8 (the baseline of just bench) into the bench cache; about 20 minutes.
 bench-wasmtime:
