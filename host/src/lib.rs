@@ -95,9 +95,9 @@ pub fn main() -> ExitCode {
     // `limits.cpu: 1` on a 64-core node gets 1 worker, not 64.
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     // A worker that runs guests checks for I/O and timers every few task
-    // polls rather than tokio's default 61: a guest yields at every epoch
-    // tick, so even with every worker busy in guests, new connections, the
-    // admin port and signals are seen within a few ticks.
+    // polls rather than tokio's default 61: a guest yields after each time
+    // slice (10 ms), so even with every worker busy in guests, new
+    // connections, the admin port and signals are seen within a few slices.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(workers)

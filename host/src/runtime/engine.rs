@@ -13,9 +13,10 @@
 //! engine without concurrency support, and only WASI 0.3 ones pay for it.
 //!
 //! Every guest runs with epoch interruption: one process-wide ticker thread
-//! advances the epoch, a running guest yields to the async executor at each
-//! tick and is stopped at the first tick past its deadline, so a busy guest
-//! never starves the others or the host, and never outlives its deadline.
+//! advances the epoch every millisecond, a running guest yields to the
+//! async executor after each time slice of [`TICKS_PER_SLICE`] ticks and is
+//! stopped at the first tick past its deadline, so a busy guest never
+//! starves the others or the host, and never outlives its deadline.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,8 +44,16 @@ use crate::runtime::outbound::HttpHooks;
 use crate::runtime::precompiled;
 use crate::runtime::store::{DeadlineExceeded, HostState, LiveStores, StoreSetup};
 
-/// How often the epoch advances, and so how often a running guest yields.
+/// How often the epoch advances, and so how often a running guest's
+/// deadline is checked.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// How many ticks a guest runs before it yields to the executor: a time
+/// slice of 10 ms. A guest that yielded at every tick went to the back of
+/// the run queue behind every other connection whenever a tick fell in its
+/// request: the 13 MB JavaScript handler, ~0.4 ms a request, had a p99 of
+/// 17.9 ms at a p50 of 7.0 (16 connections, one core).
+const TICKS_PER_SLICE: u32 = 10;
 
 /// Limits every instance runs under.
 #[derive(Clone, Copy, Debug)]
@@ -369,7 +378,7 @@ impl Runtime {
     /// arguments, no files and no sockets, and only the environment
     /// variables it was configured with; its stdout and
     /// stderr go to the log; its outgoing HTTP goes only where
-    /// `setup.outbound` allows; it yields at every epoch tick and is stopped
+    /// `setup.outbound` allows; it yields after each time slice and is stopped
     /// at the first tick past `setup.deadline`.
     pub fn new_store(&self, engine: Wasi, setup: StoreSetup) -> Store<HostState> {
         let mut wasi = WasiCtx::builder();
@@ -401,17 +410,23 @@ impl Runtime {
             config: setup.config,
             keyvalue: setup.keyvalue,
             component: setup.component.clone(),
+            ticks_running: 0,
             _alive: LiveStores::enter(&self.stores),
         };
         let mut store = Store::new(&self.flavor(engine).engine, state);
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|context| {
-            if Instant::now() >= context.data().deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        store.epoch_deadline_callback(|mut context| {
+            let state = context.data_mut();
+            if Instant::now() >= state.deadline {
+                return Err(wasmtime::Error::new(DeadlineExceeded));
             }
+            state.ticks_running += 1;
+            if state.ticks_running < TICKS_PER_SLICE {
+                return Ok(UpdateDeadline::Continue(1));
+            }
+            state.ticks_running = 0;
+            Ok(UpdateDeadline::Yield(1))
         });
         store
     }

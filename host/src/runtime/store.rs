@@ -31,6 +31,8 @@ pub struct HostState {
     pub(super) keyvalue: Opened,
     /// The component's name, for logs.
     pub(super) component: Arc<str>,
+    /// Epoch ticks the guest has run since it last yielded.
+    pub(super) ticks_running: u32,
     /// Keeps the epoch ticker going while this store lives.
     pub(super) _alive: StoreAlive,
 }
