@@ -98,6 +98,15 @@ pub fn pulse_bin() -> PathBuf {
 /// Starts `pulse serve` on `127.0.0.1:0` with `handler` and `extra`
 /// flags; returns it once it listens, with its address.
 pub async fn serve_with(handler: &Path, extra: &[&str]) -> (Pulse, SocketAddr) {
+    serve_through(Command::new(pulse_bin()), handler, extra).await
+}
+
+/// [`serve_with`] through `command` (pulse with an environment of its own).
+pub async fn serve_through(
+    command: Command,
+    handler: &Path,
+    extra: &[&str],
+) -> (Pulse, SocketAddr) {
     let mut args = vec![
         "serve",
         "--listen",
@@ -106,7 +115,7 @@ pub async fn serve_with(handler: &Path, extra: &[&str]) -> (Pulse, SocketAddr) {
         handler.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let mut pulse = Pulse::spawn(&args);
+    let mut pulse = Pulse::spawn_command(command, &args);
     let addr = pulse.listening_addr().await;
     (pulse, addr)
 }

@@ -284,16 +284,7 @@ async fn a_request_span_is_made_only_when_the_filter_wants_it() {
     for (filter, spanned) in [("info", false), ("debug", true)] {
         let mut command = tokio::process::Command::new(common::pulse_bin());
         command.env("RUST_LOG", filter);
-        let faulty = component("faulty");
-        let args = [
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--handler",
-            faulty.to_str().unwrap(),
-        ];
-        let mut pulse = Pulse::spawn_command(command, &args);
-        let addr = pulse.listening_addr().await;
+        let (mut pulse, addr) = common::serve_through(command, &component("faulty"), &[]).await;
         let (status, headers, _) = http(addr, Method::GET, "/print").await;
         assert_eq!(status, StatusCode::OK);
         let line = pulse

@@ -92,16 +92,7 @@ async fn spans_reach_a_collector_that_restarted() {
             format!("http://127.0.0.1:{port}"),
         )
         .env("OTEL_BSP_SCHEDULE_DELAY", "10");
-    let health = component("health");
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        health.to_str().unwrap(),
-    ];
-    let mut pulse = Pulse::spawn_command(command, &args);
-    let addr = pulse.listening_addr().await;
+    let (pulse, addr) = common::serve_through(command, &component("health"), &[]).await;
     requests_are_traced(addr, &first).await;
     // The collector goes away with the kept connection open, and comes
     // back on the same port.
