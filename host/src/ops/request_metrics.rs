@@ -81,3 +81,41 @@ impl prometheus_client::encoding::EncodeLabelValue for ComponentName {
         std::fmt::Write::write_str(encoder, &self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(family: &Family<StatusLabels, Counter>, component: &str, status: u16) -> u64 {
+        let labels = StatusLabels {
+            component: ComponentName(component.into()),
+            status,
+        };
+        family.get_or_create(&labels).get()
+    }
+
+    #[test]
+    fn each_status_is_counted_in_the_family_under_its_component() {
+        let family = Family::<StatusLabels, Counter>::default();
+        let duration = Histogram::new([0.1, 1.0]);
+        let api = RequestMetrics::new(
+            ComponentName("api".into()),
+            family.clone(),
+            duration.clone(),
+        );
+        let web = RequestMetrics::new(ComponentName("web".into()), family.clone(), duration);
+        for status in [200, 200, 503, 200] {
+            api.record(status, Duration::from_millis(1));
+        }
+        web.record(200, Duration::from_millis(1));
+        // Outside 100-599: counted, just not bound.
+        api.record(999, Duration::from_millis(1));
+        api.record(42, Duration::from_millis(1));
+        assert_eq!(count(&family, "api", 200), 3);
+        assert_eq!(count(&family, "api", 503), 1);
+        assert_eq!(count(&family, "web", 200), 1);
+        assert_eq!(count(&family, "api", 999), 1);
+        assert_eq!(count(&family, "api", 42), 1);
+        assert_eq!(count(&family, "web", 503), 0);
+    }
+}
