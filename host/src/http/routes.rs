@@ -20,7 +20,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::http::body::json_error;
 use crate::http::handler::{Handler, REQUEST_ID};
-use crate::ops::metrics::{ComponentName, Metrics};
+use crate::ops::metrics::{ComponentName, Metrics, RequestMetrics};
 
 /// The request header that names the route a request matched, as written
 /// in the configuration.
@@ -118,8 +118,8 @@ pub struct Router {
     /// Most specific first.
     routes: Vec<Route>,
     ids: RequestIds,
-    metrics: Arc<Metrics>,
-    unrouted: ComponentName,
+    /// The counters of requests no route matched (component "").
+    unrouted: RequestMetrics,
 }
 
 impl Router {
@@ -153,8 +153,7 @@ impl Router {
         Ok(Self {
             routes,
             ids: RequestIds::new(),
-            metrics,
-            unrouted: ComponentName::default(),
+            unrouted: metrics.requests_of(&ComponentName::default()),
         })
     }
 
@@ -175,11 +174,8 @@ impl Router {
             if let Ok(value) = HeaderValue::from_str(&id) {
                 response.headers_mut().insert(REQUEST_ID, value);
             }
-            self.metrics.request(
-                &self.unrouted,
-                StatusCode::NOT_FOUND.as_u16(),
-                started.elapsed(),
-            );
+            self.unrouted
+                .record(StatusCode::NOT_FOUND.as_u16(), started.elapsed());
             return response;
         };
         let headers = request.headers_mut();

@@ -414,22 +414,10 @@ impl Metrics {
         )
     }
 
-    /// Counts one request `component` answered (see [`ComponentName`]).
-    /// A handler counts through [`Metrics::requests_of`] instead, bound
-    /// once.
-    pub fn request(&self, component: &ComponentName, status: u16, took: Duration) {
-        let labels = StatusLabels {
-            component: component.clone(),
-            status,
-        };
-        self.requests.get_or_create(&labels).inc();
-        self.request_duration.observe(took.as_secs_f64());
-    }
-
-    /// The request counters of `component`, bound once: each status's
-    /// counter is looked up in the family the first time it is counted,
-    /// and from then on counting is one atomic add, with no label set
-    /// hashed or lock taken.
+    /// The request counters of `component` (see [`ComponentName`]), bound
+    /// once: each status's counter is looked up in the family the first
+    /// time it is counted, and from then on counting is one atomic add,
+    /// with no label set hashed or lock taken.
     pub fn requests_of(&self, component: &ComponentName) -> RequestMetrics {
         RequestMetrics::new(
             component.clone(),
