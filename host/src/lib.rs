@@ -90,21 +90,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    // One worker per CPU the process may use: Rust's available_parallelism
-    // reads the cgroup's CPU quota (v1 and v2), so a pod with
-    // `limits.cpu: 1` on a 64-core node gets 1 worker, not 64.
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    // A worker that runs guests checks for I/O and timers every few task
-    // polls rather than tokio's default 61: a guest yields after each time
-    // slice (10 ms), so even with every worker busy in guests, new
-    // connections, the admin port and signals are seen within a few slices.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .worker_threads(workers)
-        .event_interval(EVENT_INTERVAL)
-        .build()
-    {
-        Ok(runtime) => runtime,
+    let (runtime, shape) = match async_runtime() {
+        Ok(built) => built,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -112,7 +99,8 @@ pub fn main() -> ExitCode {
     };
     tracing::info!(
         event = "async_runtime",
-        worker_threads = workers,
+        flavor = shape.flavor,
+        worker_threads = shape.workers,
         "async runtime started"
     );
     let code = match runtime.block_on(app::run(cli)) {
@@ -124,4 +112,47 @@ pub fn main() -> ExitCode {
     };
     traces.shutdown();
     code
+}
+
+/// What [`async_runtime`] built: its flavor's name and its worker count.
+struct RuntimeShape {
+    flavor: &'static str,
+    workers: usize,
+}
+
+/// The async runtime, shaped by the CPUs the process may use (Rust's
+/// `available_parallelism` reads the cgroup's CPU quota, v1 and v2, and
+/// the affinity mask): a pod with `limits.cpu: 1` on a 64-core node gets
+/// one thread, not 64.
+///
+/// - **One CPU**: tokio's current-thread runtime. Everything (accepting,
+///   hyper, the guests) runs on the one thread there is, with none of the
+///   work-stealing scheduler's cross-thread hand-offs. Measured against the
+///   multi-thread runtime with one worker (server pinned to one core,
+///   `wrk -t1 -c16 -d5s`, rounds alternating): fresh instances +27 %,
+///   WASI 0.3 +6-9 %, reuse within noise, p99 lower (docs/BENCHMARKS.md).
+/// - **More**: the multi-thread runtime with one worker per CPU.
+///
+/// Either way a worker that runs guests checks for I/O and timers every
+/// [`EVENT_INTERVAL`] task polls rather than tokio's default 61: a guest
+/// yields after each time slice (10 ms), so even with every worker busy in
+/// guests, new connections, the admin port and signals are seen within a
+/// few slices. Compilation runs on tokio's blocking threads in both.
+fn async_runtime() -> std::io::Result<(tokio::runtime::Runtime, RuntimeShape)> {
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let (mut builder, flavor) = if workers == 1 {
+        (
+            tokio::runtime::Builder::new_current_thread(),
+            "current_thread",
+        )
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        (builder, "multi_thread")
+    };
+    let runtime = builder
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .build()?;
+    Ok((runtime, RuntimeShape { flavor, workers }))
 }

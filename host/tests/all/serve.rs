@@ -166,6 +166,12 @@ async fn the_runtime_has_a_worker_per_cpu_of_the_cgroup_quota() {
         line["worker_threads"], cores as u64,
         "one worker per core without a quota"
     );
+    let flavor = if cores == 1 {
+        "current_thread"
+    } else {
+        "multi_thread"
+    };
+    assert_eq!(line["flavor"], flavor, "{line}");
     assert!(free.terminate().await.success());
 
     let Some(quota) = OneCpu::new(&format!("pulse-test-{}", std::process::id())) else {
@@ -194,6 +200,13 @@ async fn the_runtime_has_a_worker_per_cpu_of_the_cgroup_quota() {
         line["worker_threads"], 1,
         "one worker for a quota of one CPU"
     );
+    assert_eq!(
+        line["flavor"], "current_thread",
+        "one CPU: the current-thread runtime"
+    );
+    let addr = limited.listening_addr().await;
+    let (status, _, body) = http(addr, Method::GET, "/healthcheck").await;
+    assert_eq!(status, StatusCode::OK, "served on one CPU: {body:?}");
     assert!(limited.terminate().await.success());
     drop(quota);
 }

@@ -77,17 +77,37 @@ async fn assert_all_stopped_at_deadline(
 /// `count` spinning requests: each gets its 504 in time, a healthy request
 /// and /livez answer meanwhile, and SIGTERM during it all exits 0.
 async fn serve_survives_spinners(count: usize) {
+    let command = tokio::process::Command::new(common::pulse_bin());
+    serve_survives_spinners_in(command, count, None).await;
+}
+
+/// [`serve_survives_spinners`] for pulse started by `command`, on the
+/// async runtime `flavor` if one is given.
+async fn serve_survives_spinners_in(
+    command: tokio::process::Command,
+    count: usize,
+    flavor: Option<&str>,
+) {
     let faulty = component("faulty");
     let deadline = format!("{}ms", DEADLINE.as_millis());
-    let mut pulse = Pulse::spawn(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--handler",
-        faulty.to_str().unwrap(),
-        "--request-timeout",
-        &deadline,
-    ]);
+    let mut pulse = Pulse::spawn_command(
+        command,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--handler",
+            faulty.to_str().unwrap(),
+            "--request-timeout",
+            &deadline,
+        ],
+    );
+    if let Some(flavor) = flavor {
+        let line = pulse
+            .wait_for_stderr(|l| l["event"] == "async_runtime")
+            .await;
+        assert_eq!(line["flavor"], flavor, "{line}");
+    }
     let addr = pulse.listening_addr().await;
     let admin = pulse.admin_addr().await;
     let spinners = spin_requests(addr, count);
@@ -118,6 +138,18 @@ async fn as_many_spinning_guests_as_cores() {
 async fn four_times_as_many_spinning_guests_as_cores() {
     let _turn = one_at_a_time().await;
     serve_survives_spinners(4 * cores()).await;
+}
+
+/// Allowed one CPU (as a pod with `limits.cpu: 1` is), pulse runs
+/// everything on tokio's current-thread runtime: accepting, the admin
+/// port, signals and the guests share its one thread. Four spinning guests
+/// must still not starve any of them.
+#[tokio::test]
+async fn spinning_guests_on_one_cpu() {
+    let _turn = one_at_a_time().await;
+    let mut command = tokio::process::Command::new("taskset");
+    command.args(["-c", "0"]).arg(common::pulse_bin());
+    serve_survives_spinners_in(command, 4, Some("current_thread")).await;
 }
 
 #[tokio::test]
