@@ -90,8 +90,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_BAD_INPUT);
         }
     };
-    let (runtime, shape) = match async_runtime() {
-        Ok(built) => built,
+    let runtime = match async_runtime() {
+        Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -99,8 +99,8 @@ pub fn main() -> ExitCode {
     };
     tracing::info!(
         event = "async_runtime",
-        flavor = shape.flavor,
-        worker_threads = shape.workers,
+        flavor = flavor_name(runtime.handle().runtime_flavor()),
+        worker_threads = runtime.metrics().num_workers(),
         "async runtime started"
     );
     let code = match runtime.block_on(app::run(cli)) {
@@ -112,12 +112,6 @@ pub fn main() -> ExitCode {
     };
     traces.shutdown();
     code
-}
-
-/// What [`async_runtime`] built: its flavor's name and its worker count.
-struct RuntimeShape {
-    flavor: &'static str,
-    workers: usize,
 }
 
 /// The async runtime, shaped by the CPUs the process may use (Rust's
@@ -138,21 +132,23 @@ struct RuntimeShape {
 /// yields after each time slice (10 ms), so even with every worker busy in
 /// guests, new connections, the admin port and signals are seen within a
 /// few slices. Compilation runs on tokio's blocking threads in both.
-fn async_runtime() -> std::io::Result<(tokio::runtime::Runtime, RuntimeShape)> {
+fn async_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let (mut builder, flavor) = if workers == 1 {
-        (
-            tokio::runtime::Builder::new_current_thread(),
-            "current_thread",
-        )
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(workers);
-        (builder, "multi_thread")
+        builder
     };
-    let runtime = builder
-        .enable_all()
-        .event_interval(EVENT_INTERVAL)
-        .build()?;
-    Ok((runtime, RuntimeShape { flavor, workers }))
+    builder.enable_all().event_interval(EVENT_INTERVAL).build()
+}
+
+/// The name the `async_runtime` log line gives a runtime flavor.
+fn flavor_name(flavor: tokio::runtime::RuntimeFlavor) -> &'static str {
+    match flavor {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+        tokio::runtime::RuntimeFlavor::MultiThread => "multi_thread",
+        _ => "other",
+    }
 }
