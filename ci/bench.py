@@ -110,6 +110,12 @@ class Server:
                 self.process.kill()
                 self.process.wait()
 
+    def cpu_seconds(self):
+        """User and system CPU time of all the server's threads so far."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self):
         with open(f"/proc/{self.process.pid}/status") as f:
             for line in f:
@@ -137,6 +143,7 @@ def wrk(port, duration, connections, path="/healthcheck"):
     if m:
         errors += sum(int(g) for g in m.groups())
     return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50": parse_ms(latency["50"]),
         "p99": parse_ms(latency["99"]),
@@ -201,6 +208,19 @@ def goals(med, rss, image_bytes=None):
     if image_bytes:
         row(f"image (`just image`) ≤ {IMAGE_GOAL_MB} MB", f"{image_bytes / 1e6:.1f} MB", image_bytes <= IMAGE_GOAL_MB * 1e6)
     return "\n".join(out)
+
+
+def cpu_per_request(med):
+    """pulse's CPU time per request against wasmtime serve's in each mode:
+    not a goal, but the figure that moves least when the machine is
+    disturbed, so the one to read beside a requests/s ratio near its line."""
+    out = ["", "", "CPU time per request (user + system, all threads, over the rounds), same rounds:", "",
+           "| mode | pulse µs | wasmtime serve µs | pulse's share |", "|---|---|---|---|"]
+    for mine, theirs, _ in RATIO_GOALS:
+        if mine in med and theirs in med:
+            a, b = med[mine]["cpu_us"], med[theirs]["cpu_us"]
+            out.append(f"| {mine} / {theirs} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+    return "\n".join(out) if len(out) > 6 else ""
 
 
 def feature_servers(args, pulse_cmd, cache, notes):
@@ -364,7 +384,12 @@ def main():
         for r in range(args.rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for s in order:
-                results[s.name].append(wrk(s.port, args.duration, args.connections, s.path))
+                cpu = s.cpu_seconds()
+                result = wrk(s.port, args.duration, args.connections, s.path)
+                # CPU time per request varies less than requests/s when
+                # something else on the machine slows every server at once.
+                result["cpu_us"] = (s.cpu_seconds() - cpu) * 1e6 / max(result["requests"], 1)
+                results[s.name].append(result)
                 print(f"round {r + 1}/{args.rounds} {s.name:9} {results[s.name][-1]}", file=sys.stderr)
         for s in servers:
             rss[s.name] = s.rss_mb()
@@ -376,21 +401,21 @@ def main():
             redis.wait()
         shutil.rmtree(cache, ignore_errors=True)
 
-    med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99")} for name, runs in results.items()}
+    med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99", "cpu_us")} for name, runs in results.items()}
     errors = {name: sum(x["errors"] for x in runs) for name, runs in results.items()}
     base_n = med.get("native", {}).get("rps")
     base_e = med.get("express", {}).get("rps")
     lines = [
-        "| server | requests/s | p50 ms | p99 ms | RSS after load MB | cold start ms | vs wasmtime serve, same mode | vs Express | vs native | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| server | requests/s | p50 ms | p99 ms | CPU µs per request | RSS after load MB | cold start ms | vs wasmtime serve, same mode | vs Express | vs native | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in servers:
         m = med[s.name]
         same_mode = med.get(s.counterpart, {}).get("rps") if s.counterpart else None
-        lines.append(f"| {s.note} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {rss[s.name]:.1f} | "
+        lines.append(f"| {s.note} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | {rss[s.name]:.1f} | "
                      f"{cold[s.name]:.1f} | {ratio(m['rps'], same_mode)} | {ratio(m['rps'], base_e)} | {ratio(m['rps'], base_n)} | {errors[s.name]} |")
-    lines.append(f"| pulse serve, compiling at start (no cache) | | | | | {cold['pulse-uncached']:.1f} | | | | |")
-    table = "\n".join(lines) + "\n\n" + goals(med, rss, args.image_bytes) + feature_costs(med)
+    lines.append(f"| pulse serve, compiling at start (no cache) | | | | | | {cold['pulse-uncached']:.1f} | | | | |")
+    table = "\n".join(lines) + "\n\n" + goals(med, rss, args.image_bytes) + cpu_per_request(med) + feature_costs(med)
     header = (f"Machine: {machine()}. Servers pinned to CPU {SERVER_CPU}, wrk (1 thread, {args.connections} "
               f"connections, {args.duration} s per round) to CPU {LOAD_CPU}; {args.rounds} rounds, servers "
               f"alternating; medians. Cold start: process start to the first 200, median of {args.cold_starts}.")
