@@ -19,8 +19,10 @@ instance mode both hosts offer:
                  missing)
 
 Every server runs pinned to one CPU and wrk to another. Rounds alternate
-between the servers; the report gives medians over the rounds of
-requests/s and p50/p99 latency, the resident memory after the load, and the
+between the servers, each server alone on its CPU (started for its round,
+warmed up for a second, stopped after it); the report gives medians over
+the rounds of requests/s, p50/p99 latency, CPU time per request and the
+resident memory after the load, and the
 cold start (process start to the first 200, median of several starts) --
 for pulse both compiling at start and from its compilation cache.
 
@@ -51,6 +53,8 @@ import urllib.request
 
 SERVER_CPU = "1"
 LOAD_CPU = "0"
+# Seconds of load before each measured round, discarded.
+WARM_UP_S = 1
 
 
 def free_port():
@@ -376,23 +380,27 @@ def main():
         cold[server.name] = cold_start(server, args.cold_starts)
 
     # Load rounds; the order of servers rotates each round.
+    # Each server runs alone on its core: started for its round, warmed up,
+    # stopped after it. An idle server's epoch ticker (pulse's wakes every
+    # millisecond while it keeps an instance) preempted the one measured on
+    # the same core: 3,700 times in 4 s, counted in its
+    # nonvoluntary_ctxt_switches.
     results = {s.name: [] for s in servers}
-    rss = {}
-    for s in servers:
-        s.start()
     try:
         for r in range(args.rounds):
             order = servers[r % len(servers):] + servers[:r % len(servers)]
             for s in order:
+                s.start()
+                wrk(s.port, WARM_UP_S, args.connections, s.path)
                 cpu = s.cpu_seconds()
                 result = wrk(s.port, args.duration, args.connections, s.path)
                 # CPU time per request varies less than requests/s when
                 # something else on the machine slows every server at once.
                 result["cpu_us"] = (s.cpu_seconds() - cpu) * 1e6 / max(result["requests"], 1)
+                result["rss"] = s.rss_mb()
+                s.stop()
                 results[s.name].append(result)
                 print(f"round {r + 1}/{args.rounds} {s.name:9} {results[s.name][-1]}", file=sys.stderr)
-        for s in servers:
-            rss[s.name] = s.rss_mb()
     finally:
         for s in servers:
             s.stop()
@@ -402,6 +410,7 @@ def main():
         shutil.rmtree(cache, ignore_errors=True)
 
     med = {name: {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99", "cpu_us")} for name, runs in results.items()}
+    rss = {name: statistics.median(x["rss"] for x in runs) for name, runs in results.items()}
     errors = {name: sum(x["errors"] for x in runs) for name, runs in results.items()}
     base_n = med.get("native", {}).get("rps")
     base_e = med.get("express", {}).get("rps")
@@ -417,8 +426,8 @@ def main():
     lines.append(f"| pulse serve, compiling at start (no cache) | | | | | | {cold['pulse-uncached']:.1f} | | | | |")
     table = "\n".join(lines) + "\n\n" + goals(med, rss, args.image_bytes) + cpu_per_request(med) + feature_costs(med)
     header = (f"Machine: {machine()}. Servers pinned to CPU {SERVER_CPU}, wrk (1 thread, {args.connections} "
-              f"connections, {args.duration} s per round) to CPU {LOAD_CPU}; {args.rounds} rounds, servers "
-              f"alternating; medians. Cold start: process start to the first 200, median of {args.cold_starts}.")
+              f"connections, {args.duration} s per round after {WARM_UP_S} s of warm-up) to CPU {LOAD_CPU}; "
+              f"{args.rounds} rounds, servers alternating, each alone on its CPU for its round; medians. Cold start: process start to the first 200, median of {args.cold_starts}.")
     report = header + "\n\n" + table + "\n" + "".join(f"\n{n}" for n in notes) + "\n"
     print(report)
     if args.output:
