@@ -192,9 +192,16 @@ pub struct LiveStores {
 
 impl LiveStores {
     /// Counts one more store until the guard is dropped (with its store).
+    /// Only the first one wakes the resting ticker: the condvar's notify is
+    /// a futex syscall whether or not anyone waits, and with fresh
+    /// instances a store is made for every request.
     pub(super) fn enter(stores: &Arc<Self>) -> StoreAlive {
-        *stores.lock() += 1;
-        stores.changed.notify_all();
+        let mut count = stores.lock();
+        *count += 1;
+        if *count == 1 {
+            stores.changed.notify_all();
+        }
+        drop(count);
         StoreAlive(stores.clone())
     }
 
