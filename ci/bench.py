@@ -216,8 +216,8 @@ def goals(med, rss, image_bytes=None):
 
 def cpu_per_request(med):
     """pulse's CPU time per request against wasmtime serve's in each mode:
-    not a goal, but the figure that moves least when the machine is
-    disturbed, so the one to read beside a requests/s ratio near its line."""
+    not a goal, but it moved less than requests/s in the disturbed rounds
+    of earlier runs, so it is worth reading beside a ratio near its line."""
     out = ["", "", "CPU time per request (user + system, all threads, over the rounds), same rounds:", "",
            "| mode | pulse µs | wasmtime serve µs | pulse's share |", "|---|---|---|---|"]
     for mine, theirs, _ in RATIO_GOALS:
@@ -381,10 +381,11 @@ def main():
 
     # Load rounds; the order of servers rotates each round.
     # Each server runs alone on its core: started for its round, warmed up,
-    # stopped after it. An idle server's epoch ticker (pulse's wakes every
-    # millisecond while it keeps an instance) preempted the one measured on
-    # the same core: 3,700 times in 4 s, counted in its
-    # nonvoluntary_ctxt_switches.
+    # stopped after it. An idle pulse server's epoch ticker (it wakes every
+    # millisecond while the server keeps an instance) preempts whatever runs
+    # on that core: a server whose own ticker could not preempt it was
+    # preempted 3,689 times in 4 s of load beside one idle pulse server,
+    # ~990 times alone (nonvoluntary_ctxt_switches of its threads).
     results = {s.name: [] for s in servers}
     try:
         for r in range(args.rounds):
@@ -394,8 +395,8 @@ def main():
                 wrk(s.port, WARM_UP_S, args.connections, s.path)
                 cpu = s.cpu_seconds()
                 result = wrk(s.port, args.duration, args.connections, s.path)
-                # CPU time per request varies less than requests/s when
-                # something else on the machine slows every server at once.
+                # CPU time per request: it moved less than requests/s when
+                # something else on the machine slowed every server at once.
                 result["cpu_us"] = (s.cpu_seconds() - cpu) * 1e6 / max(result["requests"], 1)
                 result["rss"] = s.rss_mb()
                 s.stop()
