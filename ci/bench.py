@@ -214,17 +214,24 @@ def goals(med, rss, image_bytes=None):
     return "\n".join(out)
 
 
+def titled_table(title, header, rows):
+    """A markdown table under `title`, after a blank line; nothing when
+    there are no rows (the servers it compares did not run)."""
+    if not rows:
+        return ""
+    rule = "|" + "---|" * header.count(" | ") + "---|"
+    return "\n".join(["", "", title, "", header, rule, *rows])
+
+
 def cpu_per_request(med):
     """pulse's CPU time per request against wasmtime serve's in each mode:
     not a goal, but it moved less than requests/s in the disturbed rounds
     of earlier runs, so it is worth reading beside a ratio near its line."""
-    out = ["", "", "CPU time per request (user + system, all threads, over the rounds), same rounds:", "",
-           "| mode | pulse µs | wasmtime serve µs | pulse's share |", "|---|---|---|---|"]
-    for mine, theirs, _ in RATIO_GOALS:
-        if mine in med and theirs in med:
-            a, b = med[mine]["cpu_us"], med[theirs]["cpu_us"]
-            out.append(f"| {mine} / {theirs} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
-    return "\n".join(out) if len(out) > 6 else ""
+    rows = [f"| {mine} / {theirs} | {med[mine]['cpu_us']:.1f} | {med[theirs]['cpu_us']:.1f} | "
+            f"{med[mine]['cpu_us'] / med[theirs]['cpu_us']:.2f}x |"
+            for mine, theirs, _ in RATIO_GOALS if mine in med and theirs in med]
+    return titled_table("CPU time per request (user + system, all threads, over the rounds), same rounds:",
+                        "| mode | pulse µs | wasmtime serve µs | pulse's share |", rows)
 
 
 def feature_servers(args, pulse_cmd, cache, notes):
@@ -273,14 +280,14 @@ def feature_costs(med):
     rows = [("a second route", "pulse-routes", "pulse"),
             ("an increment in a memory store", "faulty-kv-memory", "faulty-plain"),
             ("an increment in a Redis store", "faulty-kv-redis", "faulty-plain")]
-    out = ["", "", "Feature costs, same rounds:", "",
-           "| feature | with | without | requests/s ratio | p99 ms with / without |", "|---|---|---|---|---|"]
+    out = []
     for what, with_, without in rows:
         if with_ in med and without in med:
             a, b = med[with_], med[without]
             out.append(f"| {what} | {a['rps']:,.0f} | {b['rps']:,.0f} | {ratio(a['rps'], b['rps'])} | "
                        f"{a['p99']:.2f} / {b['p99']:.2f} |")
-    return "\n".join(out) if len(out) > 6 else ""
+    return titled_table("Feature costs, same rounds:",
+                        "| feature | with | without | requests/s ratio | p99 ms with / without |", out)
 
 
 NOTES_MARKER = "<!-- notes: kept by just bench -->"
