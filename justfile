@@ -173,6 +173,11 @@ bench rounds="5" duration="10": image
         --health-js {{components}}/health-js.wasm --faulty {{components}}/faulty.wasm --native target/{{host_target}}/release/bench-native --wasmtime {{wasmtime_bin}} \
         --express bench/express --rounds {{rounds}} --duration {{duration}} --image-bytes "$image_bytes" --output docs/BENCHMARKS.md
 
+# The async runtime's shape on two CPUs: one multi-thread process against one current-thread process per CPU (docs/BENCHMARKS.md).
+bench-runtime-shape rounds="3" duration="5": build
+    python3 ci/runtime_shape.py --pulse {{host_bin}} --health {{components}}/health.wasm --health-p3 {{components}}/health-p3.wasm \
+        --rounds {{rounds}} --duration {{duration}}
+
 # Install wasmtime-cli 48.0.8 (the baseline of just bench) into the bench cache; about 20 minutes.
 bench-wasmtime:
     cargo install wasmtime-cli --version 48.0.8 --locked --root {{bench_cache}}/wasmtime-48.0.8

@@ -83,17 +83,19 @@ def server_env():
 
 
 class Server:
-    def __init__(self, name, command, note, counterpart=None, path="/healthcheck"):
+    def __init__(self, name, command, note, counterpart=None, path="/healthcheck", cpus=None):
         self.name, self.command, self.note, self.path = name, command, note, path
+        # The CPUs it may run on (taskset's list); SERVER_CPU unless given.
+        self.cpus = cpus or SERVER_CPU
         # The wasmtime serve server in the same mode, for pulse's servers.
         self.counterpart = counterpart
         self.process = None
         self.port = None
 
     def start(self):
-        """Starts the server pinned to SERVER_CPU; returns seconds to the first 200."""
+        """Starts the server pinned to its CPUs; returns seconds to the first 200."""
         self.port = free_port()
-        argv = ["taskset", "-c", SERVER_CPU] + [a.replace("{port}", str(self.port)) for a in self.command]
+        argv = ["taskset", "-c", self.cpus] + [a.replace("{port}", str(self.port)) for a in self.command]
         started = time.perf_counter()
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env())
         deadline = started + 30
@@ -133,9 +135,9 @@ def parse_ms(text):
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
-def wrk(port, duration, connections, path="/healthcheck"):
+def wrk(port, duration, connections, path="/healthcheck", cpus=LOAD_CPU, threads=1):
     out = subprocess.run(
-        ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+        ["taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
          f"http://127.0.0.1:{port}{path}"],
         check=True, capture_output=True, text=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
