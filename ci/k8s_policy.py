@@ -10,7 +10,8 @@ security context; components mounted read-only at /components from a
 component image (or, in the configmap overlay, a ConfigMap that fits what
 `kubectl apply` can carry); start-up, readiness and liveness probes on the
 admin port; grace periods that cover the preStop sleep and pulse's own
-drain; memory limits that cover the guests' budget; the compilation
+drain; memory limits that cover the guests' budget; one CPU per api pod
+(so pulse's current-thread runtime); the compilation
 cache's limit below its volume's; the probe's schedule state on an
 emptyDir; the PodDisruptionBudget, topology spread and NetworkPolicies; the
 CronJob overlay; and the monitoring overlays (a PodMonitor that scrapes
@@ -217,6 +218,12 @@ def check_api(objects, where, delivery):
     concurrency = int(flag(args, "max-concurrency", "256"))
     check(max_memory * concurrency <= budget,
           f"{where}: --max-memory x --max-concurrency = {max_memory * concurrency} bytes exceeds the guests' budget of {budget} bytes (3/4 of the memory limit)")
+    # One CPU per api pod: pulse then runs its current-thread runtime, which
+    # cost 28-38 % less CPU per request than a worker per CPU on two CPUs
+    # (docs/BENCHMARKS.md); without a limit it would start a worker per CPU
+    # of the node.
+    cpu_limit = str(c["resources"].get("limits", {}).get("cpu", ""))
+    check(cpu_limit in ("1", "1000m"), f"{where}: the api container's CPU limit must be 1 (one CPU per pod, more pods for more load), got {cpu_limit!r}")
     spread = pod["spec"].get("topologySpreadConstraints", [])
     check(any(t.get("topologyKey") == "kubernetes.io/hostname" and t.get("labelSelector", {}).get("matchLabels") == LABELS["api"] for t in spread),
           f"{where}: api replicas must be spread across nodes")
