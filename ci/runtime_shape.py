@@ -48,34 +48,34 @@ def modes(args, cache):
     }
 
 
-def one_process(command, duration):
-    server = bench.Server("one process", command, "", cpus=BOTH)
-    server.start()
-    try:
-        bench.wrk(server.port, bench.WARM_UP_S, CONNECTIONS, cpus=BOTH, threads=2)
-        cpu = server.cpu_seconds()
-        result = bench.wrk(server.port, duration, CONNECTIONS, cpus=BOTH, threads=2)
-        cpu = server.cpu_seconds() - cpu
-    finally:
-        server.stop()
-    return result["requests"] / duration, cpu * 1e6 / max(result["requests"], 1), result["errors"]
-
-
-def one_per_cpu(command, duration):
-    servers = [bench.Server(f"cpu {c}", command, "", cpus=str(c)) for c in (0, 1)]
+def measure(servers, duration, wrk_threads):
+    """Starts `servers`, loads each with its share of CONNECTIONS from a wrk
+    of `wrk_threads` threads (all at once, on both CPUs), after a warm-up,
+    and stops them; returns requests/s, the servers' CPU µs per request,
+    and errors, over them all."""
+    connections = CONNECTIONS // len(servers)
+    load = lambda s, seconds: bench.wrk(s.port, seconds, connections, cpus=BOTH, threads=wrk_threads)
     try:
         for s in servers:
             s.start()
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda s: bench.wrk(s.port, bench.WARM_UP_S, CONNECTIONS // 2, cpus=BOTH), servers))
-            cpu = [s.cpu_seconds() for s in servers]
-            results = list(pool.map(lambda s: bench.wrk(s.port, duration, CONNECTIONS // 2, cpus=BOTH), servers))
-            cpu = sum(s.cpu_seconds() for s in servers) - sum(cpu)
+        with concurrent.futures.ThreadPoolExecutor(len(servers)) as pool:
+            list(pool.map(lambda s: load(s, bench.WARM_UP_S), servers))
+            before = sum(s.cpu_seconds() for s in servers)
+            results = list(pool.map(lambda s: load(s, duration), servers))
+            cpu = sum(s.cpu_seconds() for s in servers) - before
     finally:
         for s in servers:
             s.stop()
     requests = sum(r["requests"] for r in results)
     return requests / duration, cpu * 1e6 / max(requests, 1), sum(r["errors"] for r in results)
+
+
+def one_process(command, duration):
+    return measure([bench.Server("one process", command, "", cpus=BOTH)], duration, wrk_threads=2)
+
+
+def one_per_cpu(command, duration):
+    return measure([bench.Server(f"cpu {c}", command, "", cpus=str(c)) for c in (0, 1)], duration, wrk_threads=1)
 
 
 def main():
